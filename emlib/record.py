@@ -1,0 +1,97 @@
+"""Record a notebook's headline numbers, verdict and resolved config as OUTPUT_DIR/<stem>/metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_json
+
+__all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "verdict_from_ci", "redact"]
+
+VERDICTS = ("reproduced", "not reproduced at this scale", "partly reproduced", "meets targets", "misses targets")
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
+
+
+def output_folder(output_dir: str | os.PathLike, stem: str) -> Path:
+    """The artifact folder OUTPUT_DIR/<stem>/, created."""
+    path = Path(output_dir) / stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a config with secret-looking keys and values replaced by '<redacted>'."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and _SECRET_VALUE.search(obj):
+        return "<redacted>"
+    return obj
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return _finite(obj.item())
+    return obj
+
+
+def verdict_from_ci(ci_low: float, ci_high: float, threshold: float = 0.0) -> str:
+    """'reproduced' when the effect's 95% CI lies wholly above `threshold`, else 'not reproduced at this scale'."""
+    return "reproduced" if ci_low > threshold else "not reproduced at this scale"
+
+
+def record_result(
+    output_dir: str | os.PathLike,
+    stem: str,
+    *,
+    title: str,
+    claim: str,
+    paper: str,
+    verdict: str,
+    effect: dict[str, Any],
+    metrics: dict[str, Any],
+    params: dict[str, Any],
+    figures: list[str] | None = None,
+    notes: str = "",
+) -> Path:
+    """Write metrics.json for one notebook (effect = name, value, ci_low, ci_high) and return its path."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
+    missing = {"name", "value", "ci_low", "ci_high"} - set(effect)
+    if missing:
+        raise ValueError(f"effect lacks {sorted(missing)}")
+    folder = output_folder(output_dir, stem)
+    payload = _finite(
+        {
+            "stem": stem,
+            "title": title,
+            "claim": claim,
+            "paper": paper,
+            "verdict": verdict,
+            "effect": effect,
+            "metrics": metrics,
+            "params": redact(params),
+            "figures": [os.path.relpath(f, folder) if Path(f).is_absolute() else str(f) for f in (figures or [])],
+            "notes": notes,
+        }
+    )
+    return atomic_write_json(folder / "metrics.json", payload)
+
+
+def read_result(output_dir: str | os.PathLike, stem: str) -> dict[str, Any]:
+    """Read OUTPUT_DIR/<stem>/metrics.json."""
+    with open(Path(output_dir) / stem / "metrics.json", encoding="utf-8") as f:
+        return json.load(f)
