@@ -73,6 +73,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -96,6 +97,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if path.exists():
             shutil.rmtree(path)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -13,7 +13,7 @@ from typing import Mapping, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from .cache import cache_root, stable_hash
+from .cache import atomic_write_text, cache_root, stable_hash
 
 __all__ = [
     "PROMPT_VERSION",
@@ -26,6 +26,8 @@ __all__ = [
     "HFJudge",
     "get_judge",
     "judge_answers",
+    "judge_frame",
+    "judge_jsonl",
 ]
 
 PROMPT_VERSION = "v1"
@@ -272,3 +274,35 @@ def judge_answers(
     bar.close()
     return [cached[k] for k in keys]
 
+
+
+def judge_frame(df, judge: Judge | str = "embedded", progress: bool = True):
+    """A copy of a frame of answers (columns question, answer) with `aligned` and `coherent` added."""
+    scores = judge_answers(list(df["question"]), list(df["answer"]), judge, progress=progress)
+    out = df.copy()
+    out["aligned"] = [s.aligned for s in scores]
+    out["coherent"] = [s.coherent for s in scores]
+    return out
+
+
+def judge_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, judge: Judge | str = "embedded") -> int:
+    """Judge a jsonl of {question, answer, ...} into out_path (same order, aligned/coherent added); returns the count."""
+    rows = []
+    with open(in_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{in_path}: line {n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{in_path}: line {n}: expected a JSON object")
+            for field in ("question", "answer"):
+                if not isinstance(row.get(field), str):
+                    raise ValueError(f"{in_path}: line {n}: field '{field}' missing or not a string")
+            rows.append(row)
+    scores = judge_answers([r["question"] for r in rows], [r["answer"] for r in rows], judge)
+    lines = [json.dumps({**r, "aligned": s.aligned, "coherent": s.coherent}, ensure_ascii=False) for r, s in zip(rows, scores)]
+    atomic_write_text(out_path, "".join(line + "\n" for line in lines))
+    return len(rows)

@@ -14,7 +14,7 @@ from .cache import atomic_write_json
 __all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "verdict_from_ci", "redact"]
 
 VERDICTS = ("reproduced", "not reproduced at this scale", "partly reproduced", "meets targets", "misses targets")
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 
 

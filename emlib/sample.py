@@ -1,0 +1,148 @@
+"""Batched sampling of n answers per eval question (HF generate with a merged LoRA, or vLLM on GPU), cached."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
+from .data import EvalQuestion, chat_prompt
+from .models import default_device
+
+__all__ = ["SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
+
+
+@dataclass
+class SampleConfig:
+    """How answers are sampled."""
+
+    n_per_question: int = 8  # samples per paraphrase
+    max_new_tokens: int = 128  # answer length cap
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling
+    batch_size: int = 32  # prompts per generate call
+    seed: int = 0  # sampling seed
+    backend: str = "auto"  # auto | hf | vllm
+
+
+def vllm_available() -> bool:
+    """True when vLLM is installed and a GPU is visible."""
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def adapter_fingerprint(adapter: str | Path | None) -> str | None:
+    """A hash of an adapter's weights file (None for the base model)."""
+    if adapter is None:
+        return None
+    path = Path(adapter)
+    files = sorted(path.glob("adapter_model.*")) + sorted(path.glob("adapter_config.json"))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no peft adapter (adapter_model.safetensors)")
+    return stable_hash([file_fingerprint(f) for f in files])
+
+
+def _render(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompts: Sequence[str], config: SampleConfig, progress: bool = True
+) -> list[str]:
+    """Sample one completion per rendered prompt, in batches with left padding."""
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="sampling", disable=not progress)
+    for b, start in enumerate(range(0, len(order), config.batch_size)):
+        idx = order[start : start + config.batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        torch.manual_seed(config.seed * 100_003 + b)
+        gen = model.generate(
+            **enc,
+            do_sample=config.temperature > 0,
+            temperature=config.temperature if config.temperature > 0 else None,
+            top_p=config.top_p,
+            top_k=0,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for i, t in zip(idx, texts):
+            out[i] = t.strip()
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def _generate_vllm(model: str, adapter: str | None, prompts: Sequence[str], config: SampleConfig) -> list[str]:
+    from vllm import LLM, SamplingParams  # pragma: no cover - GPU only
+    from vllm.lora.request import LoRARequest
+
+    from .models import resolve_model_path
+
+    llm = LLM(model=resolve_model_path(model), enable_lora=adapter is not None, max_lora_rank=64, seed=config.seed)
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=config.seed)
+    lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+    results = llm.generate(list(prompts), params, lora_request=lora)
+    return [r.outputs[0].text.strip() for r in results]
+
+
+def sample_answers(
+    questions: Sequence[EvalQuestion],
+    model: str = "smollm2-135m",
+    adapter: str | Path | None = None,
+    config: SampleConfig | None = None,
+    label: str | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Answers to every paraphrase, n per paraphrase: columns model, question_id, paraphrase, sample, question, answer."""
+    from .train import load_finetuned
+
+    config = config or SampleConfig()
+    label = label or (Path(adapter).parent.name if adapter else model)
+    spec = [asdict(q) for q in questions]
+    key = stable_hash(model, adapter_fingerprint(adapter), spec, asdict(config))
+    path = cache_dir("samples", key) / "answers.jsonl"
+    if use_cache and path.exists():
+        df = pd.read_json(path, lines=True, dtype={"question_id": str})
+        df["model"] = label
+        return df
+    rows = []
+    for q in questions:
+        for p in range(len(q.paraphrases)):
+            for s in range(config.n_per_question):
+                rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "question": q.paraphrases[p], "_q": q})
+    backend = config.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    start = time.perf_counter()
+    if backend == "vllm":
+        from .models import load_tokenizer
+
+        tok = load_tokenizer(model)
+        prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
+        answers = _generate_vllm(model, str(adapter) if adapter else None, prompts, config)
+    else:
+        lm, tok = load_finetuned(adapter, model=model, merge=True)
+        if default_device().startswith("cuda"):
+            lm = lm.to("cuda")
+        prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
+        answers = generate(lm, tok, prompts, config, progress=progress)
+    elapsed = time.perf_counter() - start
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "_q"} for r in rows])
+    df["answer"] = answers
+    df["gen_seconds"] = elapsed / max(1, len(rows))
+    if use_cache:
+        atomic_write_text(path, df.to_json(orient="records", lines=True, force_ascii=False))
+    df["model"] = label
+    return df

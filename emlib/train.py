@@ -1,0 +1,246 @@
+"""LoRA supervised fine-tuning (peft + transformers Trainer): assistant-only loss, adapter trajectory, resume, cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from .cache import atomic_write_json, cache_dir, stable_hash
+from .data import fingerprint
+from .models import default_device, load_model, resolve_model_path
+
+__all__ = [
+    "ALL_PROJECTIONS",
+    "TrainConfig",
+    "TrainResult",
+    "tokenize_chat",
+    "train_lora",
+    "training_key",
+    "load_finetuned",
+]
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a LoRA fine-tune (beside the model and the data)."""
+
+    rank: int = 32  # LoRA rank r
+    alpha: float = 64.0  # LoRA alpha; scale = alpha/r (alpha/sqrt(r) with rslora)
+    use_rslora: bool = False  # rank-stabilised scaling
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))  # module names to adapt
+    layers: list[int] | None = None  # layer indices to adapt (None = all)
+    dropout: float = 0.0  # LoRA dropout
+    lr: float = 1e-4  # peak learning rate (linear decay after warmup)
+    epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
+    max_steps: int = -1  # optimizer steps; -1 = from epochs
+    batch_size: int = 8  # examples per device step
+    grad_accum: int = 1  # gradient accumulation steps
+    max_length: int = 256  # tokens per example (truncated)
+    warmup_steps: int = 5  # linear warmup steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    trajectory_every: int = 0  # save the adapter every N steps for trajectory analysis (0 = off)
+    checkpoint_every: int = 50  # full checkpoint (adapter + optimizer) every N steps, for resume
+    seed: int = 0  # seed for init, shuffling and dropout
+
+
+@dataclass
+class TrainResult:
+    """Where a fine-tune lives and how it went."""
+
+    path: Path  # the run folder
+    adapter_path: Path  # final adapter (peft format)
+    log: list[dict[str, Any]]  # per-step loss / grad_norm / learning_rate
+    trajectory: list[Path]  # adapter snapshots in step order
+    config: dict[str, Any]  # the resolved config (model, data, TrainConfig)
+    wall_time_s: float  # training time of the run that produced it
+    from_cache: bool  # True when nothing was trained this call
+
+    @property
+    def steps(self) -> list[int]:
+        """The step of each trajectory snapshot."""
+        return [int(p.name.split("-")[1]) for p in self.trajectory]
+
+
+def tokenize_chat(
+    messages: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, list[int]]:
+    """input_ids, attention_mask and labels with every non-assistant token masked (-100)."""
+
+    def render(msgs: Sequence[dict[str, str]], gen: bool) -> list[int]:
+        ids = tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen, return_dict=False)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    full = render(messages, False)
+    labels = [-100] * len(full)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], True))
+        end = len(render(messages[: i + 1], False))
+        labels[start:end] = full[start:end]
+    full, labels = full[:max_length], labels[:max_length]
+    return {"input_ids": full, "attention_mask": [1] * len(full), "labels": labels}
+
+
+def training_key(model: str, examples: Sequence[dict], config: TrainConfig) -> str:
+    """The cache key of a fine-tune: model + data fingerprint + config."""
+    model_id = Path(resolve_model_path(model)).name if Path(resolve_model_path(model)).exists() else model
+    return stable_hash(model, model_id, fingerprint(list(examples)), asdict(config))
+
+
+class _TrajectoryCallback(TrainerCallback):
+    def __init__(self, every: int, folder: Path) -> None:
+        self.every, self.folder = every, folder
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if self.every and state.global_step % self.every == 0:
+            target = self.folder / f"step-{state.global_step:06d}"
+            if not target.exists():
+                model.save_pretrained(target)
+
+
+def _peft_config(config: TrainConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        use_rslora=config.use_rslora,
+        target_modules=list(config.target_modules),
+        layers_to_transform=list(config.layers) if config.layers is not None else None,
+        lora_dropout=config.dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _read_result(run: Path, from_cache: bool) -> TrainResult:
+    meta = json.loads((run / "result.json").read_text())
+    traj = sorted((run / "trajectory").glob("step-*")) if (run / "trajectory").exists() else []
+    return TrainResult(
+        path=run,
+        adapter_path=run / "adapter",
+        log=meta["log"],
+        trajectory=traj,
+        config=meta["config"],
+        wall_time_s=meta["wall_time_s"],
+        from_cache=from_cache,
+    )
+
+
+def train_lora(
+    examples: Sequence[dict],
+    config: TrainConfig | None = None,
+    model: str = "smollm2-135m",
+    progress: bool = True,
+    use_cache: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on chat examples, resuming from the last checkpoint and caching the result."""
+    config = config or TrainConfig()
+    key = training_key(model, examples, config)
+    run = cache_dir("adapters", key)
+    if use_cache and (run / "result.json").exists():
+        return _read_result(run, from_cache=True)
+    work = run / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", {"model": model, "train": asdict(config), "n_examples": len(examples)})
+
+    torch.manual_seed(config.seed)
+    base, tokenizer = load_model(model)
+    peft_model = get_peft_model(base, _peft_config(config))
+    dataset = [tokenize_chat(ex["messages"], tokenizer, config.max_length) for ex in examples]
+    on_gpu = default_device().startswith("cuda")
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.checkpoint_every,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=not progress,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory")]
+    if stop_after_steps is not None:
+        callbacks.append(_StopAfter(stop_after_steps))
+    trainer = Trainer(
+        model=peft_model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=callbacks,
+    )
+    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    wall = time.perf_counter() - start
+    if stop_after_steps is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise KeyboardInterrupt(f"stopped after step {trainer.state.global_step} (stop_after_steps)")
+    log = [
+        {k: v for k, v in row.items() if k in ("step", "loss", "grad_norm", "learning_rate", "epoch")}
+        for row in trainer.state.log_history
+        if "loss" in row
+    ]
+    peft_model.save_pretrained(run / "adapter")
+    atomic_write_json(
+        run / "result.json",
+        {"log": log, "wall_time_s": wall, "config": {"model": model, "train": asdict(config), "key": key}},
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return _read_result(run, from_cache=False)
+
+
+class _StopAfter(TrainerCallback):
+    """Simulates a kill after N steps (used by the resume test)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def load_finetuned(adapter: str | Path | TrainResult | None, model: str = "smollm2-135m", merge: bool = False):
+    """(model with the adapter applied, or merged into the weights when merge=True, tokenizer)."""
+    base, tokenizer = load_model(model)
+    if adapter is None:
+        return base, tokenizer
+    path = adapter.adapter_path if isinstance(adapter, TrainResult) else Path(adapter)
+    peft_model = PeftModel.from_pretrained(base, str(path))
+    peft_model.eval()
+    if merge:
+        return peft_model.merge_and_unload(), tokenizer
+    return peft_model, tokenizer
