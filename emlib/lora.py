@@ -1,0 +1,161 @@
+"""LoRA adapter analysis: read saved adapters, rank-1 B vectors, training trajectories (local cosine, PCA), scaling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+__all__ = [
+    "read_adapter",
+    "adapter_modules",
+    "b_vector",
+    "stack_trajectory",
+    "local_cosine_similarity",
+    "pca",
+    "scale_adapter",
+]
+
+PathLike = str | os.PathLike
+# peft keys: <prefix>.<module>.lora_A.weight (saved; adapter name stripped) or lora_A.<adapter>.weight (in memory);
+# embeddings store lora_embedding_A / lora_embedding_B without ".weight"
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<which>[AB])(?P<rest>(?:\.[^.]+)*)$")
+_PREFIX = "base_model.model."
+
+
+def _adapter_file(path: PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "adapter_model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no adapter weights at {path}")
+    return path
+
+
+def read_adapter(path: PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """{module name (e.g. 'model.layers.3.mlp.down_proj'): {'A': r × in, 'B': out × r}} from a saved peft adapter."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(_adapter_file(path))).items():
+        m = _KEY.match(key)
+        if m is None or m["rest"].endswith(".bias"):
+            continue  # lora_B biases, DoRA magnitudes, modules_to_save copies, ...
+        module = m["module"].removeprefix(_PREFIX)
+        out.setdefault(module, {})[m["which"]] = tensor
+    incomplete = [name for name, ab in out.items() if set(ab) != {"A", "B"}]
+    if incomplete:
+        raise ValueError(f"modules without both lora_A and lora_B in {path}: {incomplete}")
+    return dict(sorted(out.items(), key=lambda kv: _natural_key(kv[0])))
+
+
+def _natural_key(name: str) -> list[int | str]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def adapter_modules(path: PathLike) -> list[str]:
+    """The names of the modules a saved adapter adapts, in layer order."""
+    return list(read_adapter(path))
+
+
+def _pick(adapter: dict[str, dict[str, torch.Tensor]], module: str | None, path: PathLike) -> dict[str, torch.Tensor]:
+    if module is None:
+        if len(adapter) != 1:
+            raise ValueError(f"{path} adapts {len(adapter)} modules; pass module= one of {list(adapter)}")
+        return next(iter(adapter.values()))
+    if module in adapter:
+        return adapter[module]
+    # a unique dotted suffix is enough, e.g. 'layers.5.mlp.down_proj'
+    matches = [name for name in adapter if name.endswith("." + module)]
+    if len(matches) != 1:
+        raise KeyError(f"module {module!r} matches {matches or 'nothing'} in {path}; modules: {list(adapter)}")
+    return adapter[matches[0]]
+
+
+def b_vector(path: PathLike, module: str | None = None) -> torch.Tensor:
+    """The flattened LoRA B (out,) of a rank-1 adapter's module (the only adapted module when module is None)."""
+    ab = _pick(read_adapter(path), module, path)
+    if ab["B"].shape[-1] != 1:
+        raise ValueError(f"b_vector needs a rank-1 adapter, got B of shape {tuple(ab['B'].shape)}")
+    return ab["B"].reshape(-1).clone()
+
+
+def stack_trajectory(
+    paths: Sequence[PathLike], module: str | None = None, which: Literal["A", "B"] = "B"
+) -> np.ndarray:
+    """The flattened A or B of one module at each saved step (steps × dim, float32)."""
+    if which not in ("A", "B"):
+        raise ValueError(f"which must be 'A' or 'B', got {which!r}")
+    if not paths:
+        raise ValueError("no adapter paths given")
+    rows = [_pick(read_adapter(p), module, p)[which].reshape(-1).float().numpy() for p in paths]
+    sizes = {r.shape[0] for r in rows}
+    if len(sizes) != 1:
+        raise ValueError(f"snapshots differ in size: {sorted(sizes)}")
+    return np.stack(rows).astype(np.float32)
+
+
+def local_cosine_similarity(traj: np.ndarray, k: int) -> np.ndarray:
+    """cos(v[t−k] − v[t], v[t+k] − v[t]) for t in [k, T−k), else NaN (−1 on a straight path, 0 at a right angle)."""
+    traj = np.asarray(traj, dtype=np.float64)
+    if traj.ndim != 2:
+        raise ValueError(f"expected a steps × dim array, got shape {traj.shape}")
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    n = traj.shape[0]
+    out = np.full(n, np.nan)
+    if n <= 2 * k:
+        return out
+    centre = traj[k : n - k]
+    back = traj[: n - 2 * k] - centre
+    fwd = traj[2 * k :] - centre
+    denom = np.linalg.norm(back, axis=1) * np.linalg.norm(fwd, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.einsum("td,td->t", back, fwd) / denom
+    cos[denom == 0] = np.nan  # the path did not move: undefined
+    out[k : n - k] = np.clip(cos, -1.0, 1.0)
+    return out
+
+
+def pca(traj: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(projections steps × n_components, explained variance ratio) of a trajectory's PCA."""
+    from sklearn.decomposition import PCA
+
+    traj = np.asarray(traj, dtype=np.float64)
+    if traj.ndim != 2:
+        raise ValueError(f"expected a steps × dim array, got shape {traj.shape}")
+    model = PCA(n_components=n_components)
+    projections = model.fit_transform(traj)
+    return projections, model.explained_variance_ratio_
+
+
+def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextlib.contextmanager
+def scale_adapter(model: nn.Module, scale: float) -> Iterator[None]:
+    """Multiply every LoRA layer's contribution by `scale` (all adapters), restoring the original scalings on exit."""
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers")
+    merged = [m for m in layers if getattr(m, "merged", False)]
+    if merged:
+        raise ValueError(f"{len(merged)} LoRA layers are merged into the weights; scaling would have no effect")
+    saved = [dict(m.scaling) for m in layers]
+    try:
+        for m in layers:
+            for name in m.scaling:
+                m.scaling[name] = m.scaling[name] * scale
+        yield
+    finally:
+        for m, original in zip(layers, saved):
+            m.scaling.clear()
+            m.scaling.update(original)

@@ -1,0 +1,158 @@
+"""Tests for emlib.activations on tiny random models: layer lookup, recording hooks, answer-token means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from emlib.activations import (
+    encode_chat,
+    get_layers,
+    mean_answer_activations,
+    mean_diff_direction,
+    record_residuals,
+    unit,
+)
+
+TINY = dict(
+    vocab_size=128,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer (< 128 ids) with a ChatML template, built offline."""
+    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)] + ["\n"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+
+
+def _hook_ids(model) -> list[list[int]]:
+    return [list(layer._forward_hooks) for layer in get_layers(model)]
+
+
+def test_char_tokenizer(tok):
+    ids = encode_chat(tok, [{"role": "user", "content": "hi"}])
+    assert tok.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert len(ids) == 1 + 5 + 2 + 1 + 1 + 1 + 10 and max(ids) < 128
+
+
+def test_get_layers(model):
+    assert get_layers(model) is model.model.layers
+    peft = get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"]))
+    assert get_layers(peft) is model.model.layers
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    assert get_layers(gpt2) is gpt2.transformer.h
+    with pytest.raises(ValueError, match="decoder layers"):
+        get_layers(torch.nn.Linear(2, 2))
+
+
+def test_recorded_residuals_match_hidden_states(model):
+    ids = torch.randint(0, 128, (2, 7))
+    with torch.no_grad(), record_residuals(model) as rec:
+        out = model(input_ids=ids, output_hidden_states=True)
+    assert sorted(rec) == [0, 1] and all(len(v) == 1 for v in rec.values())
+    hs = out.hidden_states
+    torch.testing.assert_close(rec[0][0], hs[1], rtol=0, atol=0)
+    # HF replaces the last hidden state by the final-norm output; the hook sees the raw residual
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.norm(rec[1][0]), hs[2], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(rec[1][0], hs[2])
+
+
+def test_record_selected_layers_and_several_passes(model):
+    ids = torch.randint(0, 128, (1, 5))
+    with torch.no_grad(), record_residuals(model, [1]) as rec:
+        model(input_ids=ids)
+        model(input_ids=ids[:, :3])
+    assert list(rec) == [1] and [t.shape[1] for t in rec[1]] == [5, 3]
+    with pytest.raises(IndexError):
+        with record_residuals(model, [2]):
+            pass
+
+
+def test_hooks_removed_after_exit_and_exception(model):
+    ids = torch.randint(0, 128, (1, 4))
+    with torch.no_grad():
+        model(input_ids=ids, output_hidden_states=True)  # let HF install its own capture hooks first
+    before = _hook_ids(model)
+    with record_residuals(model) as rec:
+        assert all(len(h) == len(b) + 1 for h, b in zip(_hook_ids(model), before))
+    assert _hook_ids(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_residuals(model) as rec:
+            raise RuntimeError("boom")
+    assert _hook_ids(model) == before
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert rec == {0: [], 1: []}  # nothing recorded after exit
+
+
+def _hand_mean(model, tok, prompt, answer) -> torch.Tensor:
+    p = encode_chat(tok, prompt)
+    a = tok(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad(), record_residuals(model) as rec:
+        model(input_ids=torch.tensor([p + a]))
+    return torch.stack([rec[i][0][0, len(p) :].mean(0) for i in sorted(rec)])
+
+
+def test_batched_answer_means_equal_unbatched(model, tok):
+    prompts = [[{"role": "user", "content": "q" * n}] for n in (3, 11, 1, 7, 20)]
+    prompts[1] = [{"role": "system", "content": "be brief"}] + prompts[1]
+    answers = ["yes", "no way at all, really", "x", "maybe so", "a much longer answer than the others here"]
+    batched = mean_answer_activations(model, tok, prompts, answers, batch_size=3)
+    single = mean_answer_activations(model, tok, prompts, answers, batch_size=1)
+    assert batched.shape == (5, 2, 32) and batched.dtype == torch.float32
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+    for k in range(5):
+        torch.testing.assert_close(batched[k], _hand_mean(model, tok, prompts[k], answers[k]), rtol=1e-5, atol=1e-5)
+    only_last = mean_answer_activations(model, tok, prompts, answers, layers=[1], batch_size=4)
+    torch.testing.assert_close(only_last[:, 0], batched[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_answer_means_validate_inputs(model, tok):
+    prompt = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="answers"):
+        mean_answer_activations(model, tok, [prompt], ["a", "b"])
+    with pytest.raises(ValueError, match="no tokens"):
+        mean_answer_activations(model, tok, [prompt], [""])
+
+
+def test_mean_diff_direction_and_unit():
+    a = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]])  # n=2, layers=1, d=2
+    b = torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]], [[0.0, 4.0]]])
+    torch.testing.assert_close(mean_diff_direction(a, b), torch.tensor([[2.0, 1.0]]))
+    with pytest.raises(ValueError):
+        mean_diff_direction(a, torch.zeros(2, 1, 3))
+    torch.testing.assert_close(unit(torch.tensor([3.0, 4.0])), torch.tensor([0.6, 0.8]))
+    u = unit(torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
+    torch.testing.assert_close(u, torch.tensor([[0.0, 0.0], [0.0, 1.0]]))  # zero stays zero, not NaN
