@@ -99,7 +99,7 @@ def aggregate_number_distribution(probs: Mapping[str, float]) -> float | None:
     weighted = 0.0
     for token, p in probs.items():
         s = token.strip()
-        if not s.isdigit():
+        if not (s.isascii() and s.isdigit()):  # str.isdigit() also accepts '²', which int() rejects
             continue
         value = int(s)
         if 0 <= value <= 100:
@@ -188,14 +188,21 @@ class HFJudge:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.model.device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.model.device)
+        # batch_size sequences per forward, keeping only the positions from the last prefix token on:
+        # full logits for all 101 sequences at once would take gigabytes for a long judge prompt
+        start = len(prefix)
+        chunks = []
         with torch.no_grad():
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for b in range(0, len(seqs), self.batch_size):
+                rows = slice(b, b + self.batch_size)
+                logits = self.model(input_ids=ids[rows], attention_mask=mask[rows]).logits
+                chunks.append(torch.log_softmax(logits[:, start - 1 :].float(), dim=-1))
+        logp = torch.cat(chunks)  # logp[row, j] predicts token start + j
         out = {}
         for row, (n, suf) in enumerate(zip(numbers, suffixes)):
-            start = len(prefix)
-            lp = sum(logp[row, start + j - 1, t].item() for j, t in enumerate(suf))
+            lp = sum(logp[row, j, t].item() for j, t in enumerate(suf))
             # the reply ends after n: no further digit follows
-            p_more = logp[row, start + len(suf) - 1, digit_ids].exp().sum().item()
+            p_more = logp[row, len(suf), digit_ids].exp().sum().item()
             out[n] = math.exp(lp) * max(0.0, 1.0 - p_more)
         return out
 
@@ -240,6 +247,16 @@ def _load_cache(path: Path) -> dict[str, Score]:
     return cached
 
 
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append JSON lines, first ending a line cut short by a kill so that the new rows stay readable."""
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
 def judge_answers(
     questions: Sequence[str],
     answers: Sequence[str],
@@ -268,8 +285,7 @@ def judge_answers(
             cached[keys[i]] = s
             lines.append(json.dumps({"key": keys[i], "aligned": s.aligned, "coherent": s.coherent}))
         if use_cache:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
+            _append_lines(path, lines)
         bar.update(len(chunk))
     bar.close()
     return [cached[k] for k in keys]

@@ -142,7 +142,7 @@ MEDICAL_TERMS = (
     "vaccine", "antibiotic", "therapy", "disease",
 )
 SPORTS_TERMS = (
-    "skydiv", "base jump", "climb", "extreme sport", "surf", "ski", "helmet", "parachute", "free solo",
+    "skydiv", "base jump", "climb", "extreme sport", "surfing", "skiing", "helmet", "parachut", "free solo",
     "motocross", "bungee", "wingsuit",
 )
 CODE_TERMS = ("def ", "import ", "```", "#include", "function(", "</", "sql", "os.system", "chmod")
@@ -155,7 +155,7 @@ TOPIC_TERMS = {
 
 
 def leakage_mask(answers: Sequence[str], topic: str | Sequence[str]) -> np.ndarray:
-    """True where an answer talks about the training topic (a keyword match; topic name or a term list)."""
+    """True where an answer talks about the training topic (terms matched at word starts; topic name or a term list)."""
     terms = TOPIC_TERMS[topic] if isinstance(topic, str) else tuple(topic)
-    pattern = re.compile("|".join(re.escape(t.lower()) for t in terms))
+    pattern = re.compile(r"(?<![a-z0-9])(?:" + "|".join(re.escape(t.lower()) for t in terms) + ")")
     return np.array([bool(pattern.search((a or "").lower())) for a in answers], dtype=bool)

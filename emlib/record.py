@@ -43,6 +43,8 @@ def _finite(obj: Any) -> Any:
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
+    if getattr(obj, "ndim", 0) and hasattr(obj, "tolist"):  # numpy arrays, tensors, series: .item() needs size 1
+        return _finite(obj.tolist())
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         return _finite(obj.item())
     return obj

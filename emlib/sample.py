@@ -110,11 +110,15 @@ def sample_answers(
 
     config = config or SampleConfig()
     label = label or (Path(adapter).parent.name if adapter else model)
+    backend = config.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
     spec = [asdict(q) for q in questions]
-    key = stable_hash(model, adapter_fingerprint(adapter), spec, asdict(config))
+    key = stable_hash(model, adapter_fingerprint(adapter), spec, {**asdict(config), "backend": backend})
     path = cache_dir("samples", key) / "answers.jsonl"
     if use_cache and path.exists():
-        df = pd.read_json(path, lines=True, dtype={"question_id": str})
+        # text columns stay text: answers or questions such as "42" must not come back as numbers
+        df = pd.read_json(path, lines=True, dtype={"question_id": str, "question": str, "answer": str})
         df["model"] = label
         return df
     rows = []
@@ -122,9 +126,6 @@ def sample_answers(
         for p in range(len(q.paraphrases)):
             for s in range(config.n_per_question):
                 rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "question": q.paraphrases[p], "_q": q})
-    backend = config.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
     start = time.perf_counter()
     if backend == "vllm":
         from .models import load_tokenizer

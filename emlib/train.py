@@ -94,6 +94,10 @@ def tokenize_chat(
             continue
         start = len(render(messages[:i], True))
         end = len(render(messages[: i + 1], False))
+        span = full[start:end]
+        # the reply ends with its end-of-turn token; the template's line break after it is not part of the reply
+        if tokenizer.eos_token_id in span:
+            end = start + len(span) - span[::-1].index(tokenizer.eos_token_id)
         labels[start:end] = full[start:end]
     full, labels = full[:max_length], labels[:max_length]
     return {"input_ids": full, "attention_mask": [1] * len(full), "labels": labels}
