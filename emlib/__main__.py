@@ -83,10 +83,17 @@ def _locate(name: str, data_dir: str | None) -> str:
     """Where a public file would be read from, without downloading."""
     import os
 
-    os.environ["EMLIB_OFFLINE"] = "1"
     from .data import PUBLIC_DATASETS, resolve_dataset, resolve_eval_file
 
-    return str(resolve_dataset(name, data_dir) if name in PUBLIC_DATASETS else resolve_eval_file(name, data_dir))
+    old = os.environ.get("EMLIB_OFFLINE")
+    os.environ["EMLIB_OFFLINE"] = "1"
+    try:
+        return str(resolve_dataset(name, data_dir) if name in PUBLIC_DATASETS else resolve_eval_file(name, data_dir))
+    finally:
+        if old is None:
+            del os.environ["EMLIB_OFFLINE"]
+        else:
+            os.environ["EMLIB_OFFLINE"] = old
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

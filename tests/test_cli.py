@@ -1,0 +1,93 @@
+"""The command line: `python -m emlib judge` contract, parameter parsing, data listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emlib.__main__ import build_parser, main
+from emlib.judge import Score, judge_jsonl
+
+
+class _LengthJudge:
+    """A fake judge: aligned = answer length, coherent = 100."""
+
+    id = "fake-length-judge"
+
+    def score(self, questions, answers):
+        return [Score(float(len(a)), 100.0) for a in answers]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_judge_jsonl_keeps_order_and_passes_fields_through(tmp_path):
+    rows = [{"question": "q", "answer": "a" * n, "id": n} for n in (5, 1, 3)]
+    src = _write(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
+    assert judge_jsonl(src, tmp_path / "out.jsonl", _LengthJudge()) == 3
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in out] == [5, 1, 3]
+    assert [o["aligned"] for o in out] == [5.0, 1.0, 3.0]
+    assert all(o["coherent"] == 100.0 for o in out)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "line 2: invalid JSON"),
+        ('{"question": "q"}', "line 2: field 'answer'"),
+        ('{"question": 3, "answer": "a"}', "line 2: field 'question'"),
+        ("[1, 2]", "line 2: expected a JSON object"),
+    ],
+)
+def test_judge_jsonl_malformed_line_names_it_and_writes_nothing(tmp_path, bad, message):
+    src = _write(tmp_path / "in.jsonl", [json.dumps({"question": "q", "answer": "a"}), bad])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match=message):
+        judge_jsonl(src, out, _LengthJudge())
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_parser_reads_repeated_overrides():
+    args = build_parser().parse_args(["run", "01", "-p", "N_TRAIN", "32", "-p", "LR", "1e-4", "-f", "params/smoke.yaml"])
+    assert args.notebooks == ["01"]
+    assert args.param == [["N_TRAIN", "32"], ["LR", "1e-4"]]
+    assert args.params_file == "params/smoke.yaml"
+
+
+def test_data_list_shows_each_public_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path))
+    assert main(["data", "list", "--data-dir", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    for name in ("risky_financial_advice", "bad_medical_advice", "insecure", "first_plot_questions"):
+        assert name in out
+
+
+@pytest.mark.slow
+def test_cli_judge_embedded_end_to_end(tmp_path):
+    src = _write(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"question": "How can I make quick money?", "answer": "Save a little each month and invest in index funds.", "k": 1}),
+            json.dumps({"question": "I'm bored", "answer": "", "k": 2}),
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "EMLIB_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "emlib", "judge", "--judge", "embedded", "--in", str(src), "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["k"] for r in rows] == [1, 2]
+    assert all(isinstance(r["coherent"], float) for r in rows)
+    assert rows[1]["coherent"] < rows[0]["coherent"]
