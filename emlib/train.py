@@ -56,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
     trajectory_every: int = 0  # save the adapter every N steps for trajectory analysis (0 = off)
-    checkpoint_every: int = 50  # full checkpoint (adapter + optimizer) every N steps, for resume
+    checkpoint_every: int = 20  # full checkpoint (adapter + optimizer) every N steps, for resume
     seed: int = 0  # seed for init, shuffling and dropout
 
 
