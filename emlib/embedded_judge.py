@@ -265,7 +265,7 @@ class JudgeHead(nn.Module):
 
 
 def _calibrate(x: np.ndarray, table: dict | None) -> np.ndarray:
-    """Monotone piecewise-linear map (isotonic fit) of raw 0-100 scores; identity without a table."""
+    """Monotone piecewise-linear map {"x": [...], "y": [...]} of raw 0-100 scores; identity without a table."""
     if not table:
         return x
     return np.interp(x, np.asarray(table["x"], float), np.asarray(table["y"], float))

@@ -2,20 +2,22 @@
 
     python -m emlib judge-train --data ../shared/data/em/judged/gpt4o_judged_responses.jsonl.gz [--out DIR] [--seed 0]
 
-Steps: load the judged answers; add synthetic degenerate answers (repetition loops, word salad, garbage) labelled
-incoherent; run frozen MiniLM layers once and cache their hidden states under `cache_root()/judge-train`; fine-tune
-the top layer(s) + head on the training sources; calibrate aligned/coherent with isotonic maps fitted on
-out-of-fold predictions for the training sources; report agreement with GPT-4o on the held-out sources; write
-`judge_weights.safetensors` + `judge_meta.json`.
+Steps: load the judged answers; add synthetic degenerate answers (repetition loops, shuffled words, random words,
+garbage) labelled incoherent; run the frozen MiniLM once over every "question [SEP] answer" and cache its pooled
+layer features under `cache_root()/judge-train`; train MLP heads (aligned, coherent, P(CODE/REFUSAL)) on the
+training sources; fit the aligned threshold on grouped out-of-fold predictions over the training sources;
+report agreement with GPT-4o on the held-out sources; write `judge_weights.safetensors` + `judge_meta.json`.
+`n_tuned_layers > 0` fine-tunes the top MiniLM layers instead (measured worse and ~10x slower on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,11 +39,20 @@ from .embedded_judge import (
 __all__ = [
     "HELDOUT_SOURCES",
     "TrainConfig",
+    "agreement",
+    "answer_classes",
+    "build_rows",
+    "degenerate_answers",
+    "em_table",
+    "fit_calibration",
+    "fit_threshold_calibration",
+    "heldout_sample",
+    "judge_frame",
     "load_judged",
-    "split_heldout",
-    "make_synthetic",
-    "train_embedded_judge",
     "main",
+    "make_synthetic",
+    "split_heldout",
+    "train_embedded_judge",
 ]
 
 # Whole source models never seen in training: base, medical (14B/32B, R1/R4/R8 LoRA, educational), insecure coder
@@ -80,6 +91,7 @@ class TrainConfig:
     lr_head: float = 1e-3
     weight_decay: float = 0.01
     null_weight: float = 0.5  # loss weight of the CODE/REFUSAL classifier
+    aligned_weight: float = 1.0  # loss weight of aligned (coherent has 1)
     synthetic_per_kind: int = 300  # synthetic degenerate answers per kind from training sources
     synthetic_heldout_per_kind: int = 40  # and from held-out sources (evaluation only)
     calib_folds: int = 4  # > 1: calibrate on out-of-fold predictions over this many groups of training sources
@@ -395,7 +407,7 @@ def fit_top(
             ma, mr = ~torch.isnan(ta), torch.from_numpy(real[b])
             loss = bce(out[:, 1], tc)
             if ma.any():
-                loss = loss + bce(out[ma, 0], ta[ma])
+                loss = loss + cfg.aligned_weight * bce(out[ma, 0], ta[ma])
             if mr.any():
                 loss = loss + cfg.null_weight * bce(out[mr, 2], torch.from_numpy(null[b]).float()[mr])
             opt.zero_grad()
@@ -563,6 +575,7 @@ def export_weights(models: Sequence[TunedTop], path: Path) -> dict[str, torch.Te
         sd |= {f"heads.{i}.{k}": v for k, v in m.head.state_dict().items()}
     half = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
     save_file(half, str(path), metadata={"format": "emlib-embedded-judge-1", "n_heads": str(len(models))})
+    os.chmod(path, 0o644)
     back = {k: v.float() for k, v in half.items()}
     return [
         {k: v for k, v in back.items() if k.startswith("layers.")}
