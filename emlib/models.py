@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cache import atomic_dir, cache_dir
 
@@ -46,7 +46,8 @@ def _convert_embedded(name: str, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models: copy the dequantized weights into a fresh model
-    fresh = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=filename)  # a plain config: no GGUF quantization entry
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(gguf_model.state_dict())
     fresh.generation_config = gguf_model.generation_config
     with atomic_dir(target) as tmp:

@@ -95,3 +95,14 @@ def test_load_local_folder(tiny_model, tokenizer):
     assert again.dtype == torch.float32
     ref = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ref.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_converted_model_is_trainable_plain_weights(embedded_path):
+    """The cached folder must not carry the GGUF quantization entry (peft/Trainer refuse quantized models)."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(embedded_path) / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["torch_dtype" if "torch_dtype" in config else "dtype"] == "float32"
