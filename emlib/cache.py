@@ -16,6 +16,7 @@ __all__ = [
     "cache_root",
     "stable_hash",
     "cache_dir",
+    "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_dir",
@@ -65,21 +66,32 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text to a temp file beside `path`, then rename it into place."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to a temp file beside `path` (usual permissions), then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically (temp file, then rename)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

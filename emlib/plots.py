@@ -7,9 +7,8 @@ to also save it as a PNG (written atomically).
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,6 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .cache import atomic_write_bytes
 from .metrics import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
 
 __all__ = ["save_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap"]
@@ -28,25 +28,9 @@ _DPI = 150
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save `fig` as a PNG at `path` atomically (temp file beside it, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:

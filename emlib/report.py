@@ -157,20 +157,13 @@ def _traceback_tail(exc: BaseException, lines: int = 25) -> str | None:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _public(path: Path) -> Path:
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
-    return path
-
-
 def _render_html(executed: Path, target: Path) -> None:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter()
     exporter.embed_images = True
     body, _ = exporter.from_filename(str(executed))
-    _public(atomic_write_text(target, body))
+    atomic_write_text(target, body)
 
 
 def run_notebook(
@@ -230,7 +223,7 @@ def run_notebook(
             log.warning("%s: could not render HTML: %s", stem, exc)
     result = {"stem": stem, "status": "failed" if failure else "ok", "wall_time_s": wall,
               "executed": str(executed) if executed.exists() else None, "error": error}
-    _public(atomic_write_json(folder / "run.json", {
+    atomic_write_json(folder / "run.json", {
         **result,
         "traceback": traceback,
         "executed": executed.name if executed.exists() else None,
@@ -243,7 +236,7 @@ def run_notebook(
         "passed_parameters": sorted(k for k in passed if k != "OUTPUT_DIR"),
         "dropped_parameters": dropped,
         "machine": machine_info(),
-    }))
+    })
     if failure is not None and raise_on_error:
         raise failure
     return result
@@ -393,7 +386,7 @@ def build_report(run_dir: str | os.PathLike, title: str = "Emergent misalignment
         doc.append("<p>No notebook results found in this run folder.</p>")
     doc += [_section(run_dir, s, r, res) for s, r, res in entries]
     doc.append(f'<p class="meta">Generated {datetime.now().astimezone().isoformat(timespec="seconds")}.</p></body></html>')
-    return _public(atomic_write_text(run_dir / "index.html", "\n".join(doc) + "\n"))
+    return atomic_write_text(run_dir / "index.html", "\n".join(doc) + "\n")
 
 
 def run_all(
