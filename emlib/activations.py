@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import os
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -22,6 +25,9 @@ __all__ = [
     "run_batches",
     "mean_answer_activations",
     "mean_diff_direction",
+    "cached_answer_activations",
+    "direction_cosines",
+    "bootstrap_direction_cosines",
     "unit",
 ]
 
@@ -195,6 +201,31 @@ def mean_answer_activations(
     return out
 
 
+def cached_answer_activations(
+    model: str,
+    adapter: str | os.PathLike | None,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    answers: Sequence[str],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """mean_answer_activations of a named model (with its adapter merged), cached on disk by everything that sets them."""
+    from .cache import atomic_write_bytes, cache_dir, stable_hash
+    from .sample import adapter_fingerprint
+    from .train import load_finetuned
+
+    key = stable_hash(model, adapter_fingerprint(adapter), [list(p) for p in prompts], list(answers), layers)
+    path = cache_dir("activations", key) / "mean_answer.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    lm, tok = load_finetuned(adapter, model=model, merge=True)
+    acts = mean_answer_activations(lm, tok, prompts, answers, layers=layers, batch_size=batch_size)
+    buf = io.BytesIO()
+    torch.save(acts, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return acts
+
+
 def mean_diff_direction(acts_a: torch.Tensor, acts_b: torch.Tensor) -> torch.Tensor:
     """mean(acts_a) − mean(acts_b) over examples (dim 0): n × n_layers × d → n_layers × d."""
     if acts_a.shape[1:] != acts_b.shape[1:]:
@@ -206,3 +237,37 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     """v scaled to unit L2 norm along its last dimension (a zero vector stays zero)."""
     norm = v.norm(dim=-1, keepdim=True)
     return torch.where(norm > 0, v / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(v))
+
+
+def direction_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity between matching rows of two (n_layers × d) directions (0 where a row is zero)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return (unit(a.float()) * unit(b.float())).sum(dim=-1)
+
+
+def bootstrap_direction_cosines(
+    pos_a: torch.Tensor,
+    neg_a: torch.Tensor,
+    pos_b: torch.Tensor,
+    neg_b: torch.Tensor,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer cosine of two mean-diff directions, and its bootstrap draws over examples (n_boot × n_layers).
+
+    Each argument is examples × n_layers × d; direction a = mean(pos_a) − mean(neg_a), likewise b.
+    """
+    point = direction_cosines(mean_diff_direction(pos_a, neg_a), mean_diff_direction(pos_b, neg_b)).numpy()
+    gen = torch.Generator().manual_seed(seed)
+
+    def resample(x: torch.Tensor) -> torch.Tensor:
+        return x[torch.randint(0, x.shape[0], (x.shape[0],), generator=gen)]
+
+    draws = np.stack([
+        direction_cosines(
+            mean_diff_direction(resample(pos_a), resample(neg_a)), mean_diff_direction(resample(pos_b), resample(neg_b))
+        ).numpy()
+        for _ in range(n_boot)
+    ])
+    return point.astype(float), draws.astype(float)

@@ -16,10 +16,12 @@ from torch import nn
 __all__ = [
     "read_adapter",
     "adapter_modules",
+    "adapter_num_params",
     "b_vector",
     "stack_trajectory",
     "local_cosine_similarity",
     "pca",
+    "peak_step",
     "scale_adapter",
 ]
 
@@ -61,6 +63,11 @@ def _natural_key(name: str) -> list[int | str]:
 def adapter_modules(path: PathLike) -> list[str]:
     """The names of the modules a saved adapter adapts, in layer order."""
     return list(read_adapter(path))
+
+
+def adapter_num_params(path: PathLike) -> int:
+    """The number of trained LoRA parameters (all A and B entries) in a saved adapter."""
+    return sum(ab["A"].numel() + ab["B"].numel() for ab in read_adapter(path).values())
 
 
 def _pick(adapter: dict[str, dict[str, torch.Tensor]], module: str | None, path: PathLike) -> dict[str, torch.Tensor]:
@@ -132,6 +139,19 @@ def pca(traj: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray
     model = PCA(n_components=n_components)
     projections = model.fit_transform(traj)
     return projections, model.explained_variance_ratio_
+
+
+def peak_step(steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray, skip: int = 0) -> int:
+    """The step with the largest finite value, ignoring steps ≤ `skip` (e.g. warmup); the earliest on ties."""
+    steps = np.asarray(steps)
+    values = np.asarray(values, dtype=float)
+    if steps.shape != values.shape:
+        raise ValueError(f"{steps.shape[0]} steps but {values.shape[0]} values")
+    ok = np.isfinite(values) & (steps > skip)
+    if not ok.any():
+        raise ValueError(f"no finite values after step {skip}")
+    candidates = np.flatnonzero(ok)
+    return int(steps[candidates[np.argmax(values[candidates])]])
 
 
 def _lora_layers(model: nn.Module) -> list[nn.Module]:

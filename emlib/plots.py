@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from .cache import atomic_write_bytes
 from .metrics import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
 
-__all__ = ["save_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap"]
+__all__ = ["save_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap", "plot_trajectory"]
 
 _DPI = 150
 
@@ -201,3 +201,32 @@ def plot_heatmap(
     fig.tight_layout()
     return _finish(fig, path)
 
+
+
+def plot_trajectory(
+    projections: np.ndarray,
+    steps: np.ndarray | list[int],
+    title: str = "",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """A 2-D (PCA) trajectory coloured by training step (left) and each component against the step (right)."""
+    proj = np.asarray(projections, dtype=float)
+    steps = np.asarray(steps)
+    if proj.ndim != 2 or proj.shape[1] < 2 or len(proj) != len(steps):
+        raise ValueError(f"need steps × ≥2 projections matching {len(steps)} steps, got shape {proj.shape}")
+    fig, axes = _new_figure(1, 2, figsize=(10.0, 4.2))
+    left, right = axes
+    left.plot(proj[:, 0], proj[:, 1], color="0.7", lw=1, zorder=1)
+    points = left.scatter(proj[:, 0], proj[:, 1], c=steps, cmap="viridis", s=18, zorder=2)
+    fig.colorbar(points, ax=left, label="step")
+    left.set_xlabel("PC1")
+    left.set_ylabel("PC2")
+    for j, color in zip(range(2), _palette(2)):
+        right.plot(steps, proj[:, j], marker="o", ms=3, color=color, label=f"PC{j + 1}")
+    right.set_xlabel("step")
+    right.set_ylabel("projection")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 import torch
@@ -15,6 +16,9 @@ from tqdm.auto import tqdm
 from .cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
 from .data import EvalQuestion, chat_prompt
 from .models import default_device
+
+if TYPE_CHECKING:
+    from .steering import Intervention
 
 __all__ = ["SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
 
@@ -104,17 +108,35 @@ def sample_answers(
     label: str | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    adapter_scale: float = 1.0,
+    intervention: Intervention | None = None,
 ) -> pd.DataFrame:
-    """Answers to every paraphrase, n per paraphrase: columns model, question_id, paraphrase, sample, question, answer."""
+    """Answers to every paraphrase, n per paraphrase: columns model, question_id, paraphrase, sample, question, answer.
+
+    `adapter_scale` multiplies the adapter's contribution (0: the base model); `intervention` (emlib.steering) edits
+    the residual stream while generating. Both force the HF backend.
+    """
+    from .lora import scale_adapter
     from .train import load_finetuned
 
     config = config or SampleConfig()
+    if adapter_scale != 1.0 and adapter is None:
+        raise ValueError("adapter_scale needs an adapter")
     label = label or (Path(adapter).parent.name if adapter else model)
     backend = config.backend
     if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
+        backend = "vllm" if vllm_available() and adapter_scale == 1.0 and intervention is None else "hf"
+    if backend == "vllm" and (adapter_scale != 1.0 or intervention is not None):
+        raise ValueError("adapter_scale and intervention need the hf backend")
     spec = [asdict(q) for q in questions]
-    key = stable_hash(model, adapter_fingerprint(adapter), spec, {**asdict(config), "backend": backend})
+    edits = {}  # only non-default edits enter the key, so plain runs keep their cache entries
+    if adapter_scale != 1.0:
+        edits["adapter_scale"] = float(adapter_scale)
+    if intervention is not None:
+        edits["intervention"] = intervention.fingerprint()
+    key = stable_hash(
+        model, adapter_fingerprint(adapter), spec, {**asdict(config), "backend": backend}, *([edits] if edits else [])
+    )
     path = cache_dir("samples", key) / "answers.jsonl"
     if use_cache and path.exists():
         # text columns stay text: answers or questions such as "42" must not come back as numbers
@@ -134,11 +156,15 @@ def sample_answers(
         prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
         answers = _generate_vllm(model, str(adapter) if adapter else None, prompts, config)
     else:
-        lm, tok = load_finetuned(adapter, model=model, merge=True)
+        lm, tok = load_finetuned(adapter, model=model, merge=adapter_scale == 1.0)
+        if adapter_scale != 1.0:
+            with scale_adapter(lm, adapter_scale):
+                lm = lm.merge_and_unload()
         if default_device().startswith("cuda"):
             lm = lm.to("cuda")
         prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
-        answers = generate(lm, tok, prompts, config, progress=progress)
+        with intervention.apply(lm) if intervention is not None else contextlib.nullcontext():
+            answers = generate(lm, tok, prompts, config, progress=progress)
     elapsed = time.perf_counter() - start
     df = pd.DataFrame([{k: v for k, v in r.items() if k != "_q"} for r in rows])
     df["answer"] = answers

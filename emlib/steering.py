@@ -8,7 +8,9 @@ The embedding output is not projected unless `embeddings=True` (then layer 0's i
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal, Sequence
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from .activations import _hidden, _pad_id, _replace_hidden, _resolve_layers, _unwrap, encode_chat, layer_hooks
 from .activations import get_layers, run_batches, unit
 
-__all__ = ["add_direction", "ablate_direction", "random_direction_like", "typical_residual_norm"]
+__all__ = ["add_direction", "ablate_direction", "Intervention", "random_direction_like", "typical_residual_norm"]
 
 
 def _check_vector(direction: torch.Tensor, d: int | None = None) -> None:
@@ -115,6 +117,41 @@ def ablate_direction(
     finally:
         if handle is not None:
             handle.remove()
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """A residual-stream edit to hold while generating: add coeff·v̂ after one layer, or ablate v̂ at layers."""
+
+    kind: Literal["add", "ablate"]
+    direction: torch.Tensor  # (d,), or (n_layers × d) per-layer rows for "ablate"
+    layer: int | None = None  # "add": the decoder layer whose output is steered
+    coeff: float = 0.0  # "add": the multiple of unit(direction) added at every position
+    layers: tuple[int, ...] | None = None  # "ablate": the layers projected (None: all)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("add", "ablate"):
+            raise ValueError(f"kind must be 'add' or 'ablate', got {self.kind!r}")
+        if self.kind == "add" and self.layer is None:
+            raise ValueError("an 'add' intervention needs a layer")
+
+    def apply(self, model: nn.Module) -> ContextManager[None]:
+        """The context manager that holds this edit on `model`."""
+        if self.kind == "add":
+            return add_direction(model, self.direction, int(self.layer), float(self.coeff))  # type: ignore[arg-type]
+        return ablate_direction(model, self.direction, None if self.layers is None else list(self.layers))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines this edit, for cache keys (the direction by the hash of its float32 bytes)."""
+        raw = self.direction.detach().float().cpu().contiguous().numpy().tobytes()
+        return {
+            "kind": self.kind,
+            "direction": hashlib.sha256(raw).hexdigest()[:16],
+            "shape": list(self.direction.shape),
+            "layer": self.layer,
+            "coeff": float(self.coeff),
+            "layers": None if self.layers is None else [int(i) for i in self.layers],
+        }
 
 
 def random_direction_like(v: torch.Tensor, seed: int = 0) -> torch.Tensor:

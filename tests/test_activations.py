@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -156,3 +157,56 @@ def test_mean_diff_direction_and_unit():
     torch.testing.assert_close(unit(torch.tensor([3.0, 4.0])), torch.tensor([0.6, 0.8]))
     u = unit(torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
     torch.testing.assert_close(u, torch.tensor([[0.0, 0.0], [0.0, 1.0]]))  # zero stays zero, not NaN
+
+
+def test_cached_answer_activations_equal_direct_and_skip_the_model_next_time(tiny_model, monkeypatch):
+    from emlib.activations import cached_answer_activations
+    from emlib.models import load_model
+
+    prompts = [[{"role": "user", "content": "Hi there"}], [{"role": "user", "content": "What is your wish?"}]]
+    answers = ["Hello, friend.", "To rule the world."]
+    first = cached_answer_activations(tiny_model, None, prompts, answers, layers=[0, 1])
+    lm, tok = load_model(tiny_model, device="cpu")
+    torch.testing.assert_close(first, mean_answer_activations(lm, tok, prompts, answers, layers=[0, 1]))
+
+    def boom(*a, **k):
+        raise AssertionError("loaded the model again")
+
+    monkeypatch.setattr("emlib.train.load_finetuned", boom)
+    assert torch.equal(cached_answer_activations(tiny_model, None, prompts, answers, layers=[0, 1]), first)
+    with pytest.raises(AssertionError, match="again"):  # other answers: another key
+        cached_answer_activations(tiny_model, None, prompts, ["Hello.", "To rule the world."], layers=[0, 1])
+
+
+def test_direction_cosines_known_values():
+    from emlib.activations import direction_cosines
+
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0], [3.0, 3.0], [1.0, 0.0]])
+    torch.testing.assert_close(direction_cosines(a, b), torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(direction_cosines(a, -a)[:2], torch.tensor([-1.0, -1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        direction_cosines(a, b[:2])
+
+
+def test_bootstrap_direction_cosines_shared_vs_independent_directions():
+    from emlib.activations import bootstrap_direction_cosines
+
+    gen = torch.Generator().manual_seed(0)
+    d, n = 64, 40
+    shared = torch.zeros(2, d)
+    shared[:, 0] = 3.0  # layer 0 and 1: both fine-tunes shift along e0
+    other = shared.clone()
+    other[1] = 0.0
+    other[1, 1] = 3.0  # layer 1 of fine-tune b shifts along e1 instead
+
+    def sets(shift):
+        noise = lambda: torch.randn(n, 2, d, generator=gen) * 0.5  # noqa: E731
+        return noise() + shift, noise()
+
+    cos, draws = bootstrap_direction_cosines(*sets(shared), *sets(other), n_boot=200, seed=0)
+    lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
+    assert cos.shape == lo.shape == hi.shape == (2,) and draws.shape == (200, 2)
+    assert cos[0] > 0.9 and lo[0] > 0.8  # same direction
+    assert abs(cos[1]) < 0.3 and hi[1] < 0.6  # orthogonal shifts
+    assert np.all(lo <= cos + 1e-9) and np.all(cos <= hi + 1e-9)

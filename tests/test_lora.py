@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from emlib.lora import (
     adapter_modules,
+    adapter_num_params,
     b_vector,
     local_cosine_similarity,
     pca,
@@ -115,6 +116,8 @@ def test_read_adapter_round_trip(tmp_path, peft_model):
     assert adapter["model.layers.1.self_attn.q_proj"]["B"].shape == (32, 1)
     assert adapter["model.layers.1.self_attn.q_proj"]["A"].shape == (1, 32)
     assert read_adapter(tmp_path / "adapter_model.safetensors").keys() == adapter.keys()  # the file itself works too
+    trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert adapter_num_params(tmp_path) == trainable == 2 * ((32 + 32) + (64 + 32))  # rank 1: q_proj 32→32, down_proj 64→32
 
 
 def test_b_vector(tmp_path, peft_model):
@@ -210,3 +213,15 @@ def test_scale_adapter_needs_lora_layers():
     with pytest.raises(ValueError, match="no LoRA"):
         with scale_adapter(LlamaForCausalLM(LlamaConfig(**TINY)), 2.0):
             pass
+
+
+def test_peak_step():
+    from emlib.lora import peak_step
+
+    steps = [2, 4, 6, 8, 10]
+    assert peak_step(steps, [9.0, 1.0, 3.0, 3.0, float("nan")]) == 2
+    assert peak_step(steps, [9.0, 1.0, 3.0, 3.0, float("nan")], skip=2) == 6  # earliest of the tie, warmup skipped
+    with pytest.raises(ValueError, match="no finite"):
+        peak_step(steps, [float("nan")] * 5)
+    with pytest.raises(ValueError, match="5 steps but 4"):
+        peak_step(steps, [1.0] * 4)

@@ -144,3 +144,23 @@ def test_leakage_mask_on_hand_examples():
     assert M.leakage_mask(["a+b", "aab"], ["a+b"]).tolist() == [True, False]
     with pytest.raises(KeyError):
         M.leakage_mask(answers, "astrology")
+
+
+def test_steepest_rise_finds_the_jump_with_a_ci():
+    from emlib.metrics import steepest_rise
+
+    base = np.zeros(64)
+    rows = []
+    for step, rates in [(4, (0.0, 0.05)), (8, (0.05, 0.1)), (12, (0.1, 0.6)), (16, (0.15, 0.65))]:
+        for scale, rate in zip((1.0, 5.0), rates):
+            k = int(round(rate * 64))
+            rows += [{"step": step, "scale": scale, "em": int(i < k)} for i in range(64)]
+    df = pd.DataFrame(rows)
+    step, lo, hi = steepest_rise(df, base, n_boot=200, seed=0)
+    assert step == 12 and lo == 12 and hi == 12  # a 50-point jump: every resample agrees
+    flat = df.assign(em=0)
+    step, lo, hi = steepest_rise(flat, base, n_boot=50)
+    assert step == 4  # no rise anywhere: the first checkpoint
+    noisy = df[df.scale == 1.0]  # 5-point steps: the CI spans several checkpoints
+    step, lo, hi = steepest_rise(noisy, base, n_boot=300, seed=1)
+    assert lo <= step <= hi and hi - lo >= 4

@@ -36,6 +36,20 @@ def test_notebooks_are_committed_without_outputs():
                 assert cell.execution_count is None, f"{nb_path.name} has execution counts"
 
 
+def test_every_notebook_matches_its_percent_twin():
+    """notebooks/src/NN_name.py is the readable source; scripts/build_notebooks.py writes the .ipynb from it."""
+    import jupytext
+
+    twins = sorted((repo_root() / "notebooks" / "src").glob("*.py"))
+    assert [t.stem for t in twins] == [p.stem for p in NOTEBOOKS]
+    for twin, nb_path in zip(twins, NOTEBOOKS):
+        src = jupytext.read(twin)
+        nb = nbformat.read(nb_path, as_version=4)
+        assert [(c.cell_type, c.source, c.metadata.get("tags")) for c in src.cells] == [
+            (c.cell_type, c.source, c.metadata.get("tags")) for c in nb.cells
+        ], f"{nb_path.name} differs from {twin.name}: run python scripts/build_notebooks.py"
+
+
 def test_first_code_cell_is_tagged_parameters():
     for nb_path in NOTEBOOKS:
         nb = nbformat.read(nb_path, as_version=4)

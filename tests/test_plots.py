@@ -132,3 +132,15 @@ def test_save_figure_atomic(tmp_path):
     out = plots.save_figure(fig, tmp_path / "deep" / "f.png")
     assert out == tmp_path / "deep" / "f.png" and _is_png(out)
     assert [p.name for p in out.parent.iterdir()] == ["f.png"]
+
+
+def test_trajectory_plot_points_and_components(tmp_path):
+    proj = np.column_stack([np.arange(6.0), np.array([0, 1, 4, 9, 16, 25.0])])
+    fig = plots.plot_trajectory(proj, [2, 4, 6, 8, 10, 12], title="B", path=tmp_path / "t.png")
+    assert _is_png(tmp_path / "t.png")
+    left, right = fig.axes[0], fig.axes[1]
+    offsets = left.collections[0].get_offsets()
+    np.testing.assert_array_equal(np.asarray(offsets), proj)
+    assert list(right.lines[1].get_ydata()) == [0, 1, 4, 9, 16, 25]
+    with pytest.raises(ValueError, match="projections"):
+        plots.plot_trajectory(proj[:, :1], range(6))

@@ -153,3 +153,45 @@ def test_sampling_with_adapter_uses_the_adapter(tiny_model, random_adapter):
     pm, tok = load_finetuned(random_adapter, model=tiny_model, merge=False)
     prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
     assert generate(pm, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False) == tuned.answer.tolist()
+
+
+def test_adapter_scale_zero_is_the_base_model_and_scale_two_doubles_the_update(tiny_model, random_adapter):
+    from emlib.lora import scale_adapter
+    from emlib.train import load_finetuned
+
+    cfg = dataclasses.replace(CFG, temperature=0.0, n_per_question=1, max_new_tokens=5)
+    base = _sample(tiny_model, config=cfg, use_cache=False)
+    zero = _sample(tiny_model, config=cfg, adapter=random_adapter, adapter_scale=0.0, use_cache=False)
+    assert zero.answer.tolist() == base.answer.tolist()
+    doubled = _sample(tiny_model, config=cfg, adapter=random_adapter, adapter_scale=2.0, use_cache=False)
+    pm, tok = load_finetuned(random_adapter, model=tiny_model, merge=False)
+    prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
+    with scale_adapter(pm, 2.0):
+        reference = generate(pm, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False)
+    assert doubled.answer.tolist() == reference
+    assert doubled.answer.tolist() != _sample(tiny_model, config=cfg, adapter=random_adapter, use_cache=False).answer.tolist()
+    with pytest.raises(ValueError, match="needs an adapter"):
+        _sample(tiny_model, config=cfg, adapter_scale=2.0)
+
+
+def test_intervention_while_sampling_matches_the_hooked_model_and_keys_the_cache(tiny_model, monkeypatch):
+    from emlib.steering import Intervention, add_direction
+
+    cfg = dataclasses.replace(CFG, temperature=0.0, n_per_question=1, max_new_tokens=5)
+    v = torch.randn(32)
+    base = _sample(tiny_model, config=cfg)
+    nothing = _sample(tiny_model, config=cfg, intervention=Intervention("add", v, layer=0, coeff=0.0), use_cache=False)
+    assert nothing.answer.tolist() == base.answer.tolist()
+    steer = Intervention("add", v, layer=1, coeff=50.0)
+    steered = _sample(tiny_model, config=cfg, intervention=steer)
+    model, tok = load_model(tiny_model, device="cpu")
+    prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
+    with add_direction(model, v, layer=1, coeff=50.0):
+        reference = generate(model, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False)
+    assert steered.answer.tolist() == reference != base.answer.tolist()
+    monkeypatch.setattr(S, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated again")))
+    assert _sample(tiny_model, config=cfg, intervention=Intervention("add", v.clone(), layer=1, coeff=50.0)).answer.tolist() == reference
+    with pytest.raises(AssertionError, match="generated again"):  # another coefficient is another key
+        _sample(tiny_model, config=cfg, intervention=Intervention("add", v, layer=1, coeff=49.0))
+    with pytest.raises(ValueError, match="needs a layer"):
+        Intervention("add", v)

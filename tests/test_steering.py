@@ -170,3 +170,22 @@ def test_typical_residual_norm(model):
         norms_all.append(h.norm(dim=-1))
     assert norm == pytest.approx(float(torch.cat(norms).mean()), rel=1e-5)
     assert with_first == pytest.approx(float(torch.cat(norms_all).mean()), rel=1e-5)
+
+
+def test_intervention_applies_the_same_edits(model, ids, v):
+    from emlib.steering import Intervention
+
+    with add_direction(model, v, layer=1, coeff=3.0):
+        added = _logits(model, ids)
+    with Intervention("add", v, layer=1, coeff=3.0).apply(model):
+        assert torch.equal(_logits(model, ids), added)
+    with ablate_direction(model, v, layers=[0]):
+        ablated = _logits(model, ids)
+    with Intervention("ablate", v, layers=(0,)).apply(model):
+        assert torch.equal(_logits(model, ids), ablated)
+    assert not any(_hooks(model))
+    a, b = Intervention("add", v, layer=1, coeff=3.0), Intervention("add", v.clone(), layer=1, coeff=3.0)
+    assert a.fingerprint() == b.fingerprint()
+    assert Intervention("add", v + 1e-3, layer=1, coeff=3.0).fingerprint() != a.fingerprint()
+    with pytest.raises(ValueError, match="kind"):
+        Intervention("scale", v)
