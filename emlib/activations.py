@@ -256,7 +256,8 @@ def bootstrap_direction_cosines(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-layer cosine of two mean-diff directions, and its bootstrap draws over examples (n_boot × n_layers).
 
-    Each argument is examples × n_layers × d; direction a = mean(pos_a) − mean(neg_a), likewise b.
+    Each argument is examples × n_layers × d; direction a = mean(pos_a) − mean(neg_a), likewise b. Resampling adds
+    noise to both means, so the draws sit below the point estimate: their percentiles are a conservative interval.
     """
     point = direction_cosines(mean_diff_direction(pos_a, neg_a), mean_diff_direction(pos_b, neg_b)).numpy()
     gen = torch.Generator().manual_seed(seed)
