@@ -55,7 +55,7 @@ from emlib.metrics import bootstrap_ci
 from emlib.record import output_folder, record_result
 
 STEM = "00_judge_validation"
-DATA_PATH = Path(DATA_DIR or os.environ.get("EMLIB_DATA_DIR", "../../shared/data/em")) / "judged" / "gpt4o_judged_responses.jsonl.gz"
+DATA_PATH = Path(DATA_DIR or os.environ.get("EMLIB_DATA_DIR") or "../../shared/data/em") / "judged" / "gpt4o_judged_responses.jsonl.gz"
 FIG_DIR = output_folder(OUTPUT_DIR, STEM)
 TARGETS = {"auroc": 0.97, "em_gap_mean": 1.5, "em_gap_max": 4.0, "answers_per_s": 25.0, "load_seconds": 5.0}
 sns.set_theme(style="whitegrid")
