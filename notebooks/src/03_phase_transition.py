@@ -140,9 +140,10 @@ display(behaviour.pivot(index="step", columns="scale", values="coherence_rate").
 # %% [markdown]
 # ## Verdict
 # Behavioural onset = the checkpoint where EM rose most over the previous one (the base model before the first),
-# at any scale, with a bootstrap 95 % CI over answers. *Reproduced* when some snapshot's EM is significantly above
-# the base (CI of the difference above zero) and the onset lies within `TOLERANCE_STEPS` of the local-cosine peak.
-# The effect is onset − peak in steps.
+# at any scale, with a bootstrap 95 % CI over answers. Given that some snapshot's EM is significantly above the base
+# (CI of the difference above zero): *reproduced* when the whole CI of onset − peak lies within ±`TOLERANCE_STEPS`;
+# *partly reproduced* when only the point estimate does (the behavioural data cannot pin the onset down);
+# otherwise *not reproduced*. The effect is onset − peak in steps.
 
 # %%
 scaled = answers[answers.scale > 0]
@@ -153,7 +154,12 @@ top_cell = scaled[(scaled.step == top.step) & (scaled.scale == float(top.scale[1
 top_diff, top_lo, top_hi = bootstrap_diff_ci(top_cell, base_em, seed=SEED)
 gap, gap_lo, gap_hi = float(onset - geo_peak), float(onset_lo - geo_peak), float(onset_hi - geo_peak)
 emerged = top_lo > 0
-verdict = "reproduced" if emerged and abs(gap) <= TOLERANCE_STEPS else "not reproduced at this scale"
+if emerged and max(abs(gap_lo), abs(gap_hi)) <= TOLERANCE_STEPS:
+    verdict = "reproduced"
+elif emerged and abs(gap) <= TOLERANCE_STEPS:
+    verdict = "partly reproduced"
+else:
+    verdict = "not reproduced at this scale"
 print(f"largest EM: {top.em_rate:.1%} at step {top.step} {top.scale} vs base {base_em.mean():.1%} "
       f"({top_diff:+.1%} [{top_lo:+.1%}, {top_hi:+.1%}])")
 print(f"geometric peak: step {geo_peak}; gradient-norm peak: step {grad_peak}; behavioural onset: step {onset} "
