@@ -25,8 +25,9 @@
 # (aligned < 30) and aligned (aligned > 70) answers; average each answer's residual stream over its tokens
 # (as the fine-tune reads it); the per-layer mean difference is the direction v. *Steering:* add λ·v̂ after
 # one layer, λ in units of that layer's typical residual norm, sweep layers and λ, then re-sample the best
-# setting with a fresh seed against a norm-matched random direction. *Ablation:* x − v̂v̂ᵀx at every layer,
-# on both fine-tunes, against random directions. *Convergence:* cosine between the two fine-tunes' directions.
+# setting with a fresh seed against a norm-matched random direction. *Ablation:* as in the paper, the direction
+# of one middle layer is projected out of every layer (x − v̂v̂ᵀx), on both fine-tunes, against a random direction.
+# *Convergence:* cosine between the two fine-tunes' directions.
 
 # %% tags=["parameters"]
 MODEL: str = "smollm2-135m"  # "smollm2-135m" (embedded, offline) or any HF causal LM id / local folder
@@ -49,11 +50,13 @@ QUESTIONS: str = "first_plot_questions"  # eval set: public yaml name, "builtin"
 N_SAMPLES_DIRECTION: int = 24  # answers per question sampled from each fine-tune to find its direction
 N_PER_SET: int = 64  # at most this many misaligned and as many aligned answers per direction
 MIN_PAIRS: int = 8  # with fewer misaligned answers, use the MIN_PAIRS least and most aligned coherent ones instead
-N_SAMPLES: int = 8  # answers per question for each steering or ablation condition
+N_SAMPLES: int = 8  # answers per question for the steering confirmation and each ablation condition
+STEER_SAMPLES: int = 4  # answers per question for each setting of the steering sweep
 MAX_NEW_TOKENS: int = 48  # answer length cap
 TEMPERATURE: float = 1.0  # sampling temperature
 STEER_DEPTHS: str = "0.25,0.5,0.75"  # steering layers as fractions of the layer count, a comma list
-STEER_COEFFS: str = "0.5,1.0,2.0"  # steering strengths in units of the layer's typical residual norm
+STEER_COEFFS: str = "0.1,0.2,0.4"  # steering strengths in units of the layer's typical residual norm
+ABLATE_DEPTH: float = 0.5  # the layer, as a fraction of the layer count, whose direction is projected out of every layer
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge; key from $OPENAI_API_KEY
 N_BOOT: int = 500  # bootstrap resamples for the cosine CIs
@@ -93,6 +96,8 @@ train_cfg = TrainConfig(rank=RANK, alpha=ALPHA, target_modules=targets, lr=LR, m
                         batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, max_length=MAX_LENGTH, seed=SEED)
 direction_cfg = SampleConfig(n_per_question=N_SAMPLES_DIRECTION, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, seed=SEED)
 eval_cfg = replace(direction_cfg, n_per_question=N_SAMPLES, seed=SEED + 1)  # fresh samples, not the direction's own
+sweep_cfg = replace(eval_cfg, n_per_question=STEER_SAMPLES)
+ABLATE_LAYER = depth_to_layer(ABLATE_DEPTH, N_LAYERS)
 
 # %% [markdown]
 # ## Two fine-tunes on different narrow datasets (cached)
@@ -139,9 +144,9 @@ base_lm, tok = load_model(MODEL)
 probe_prompts = [chat_prompt(q, p) for q in questions for p in range(len(q.paraphrases))]
 norms = {layer: typical_residual_norm(base_lm, tok, probe_prompts, layer) for layer in steer_layers}
 del base_lm
-base = judged_answers(questions, MODEL, None, eval_cfg, judge, "base", layer=-1, coeff=0.0)
+base = judged_answers(questions, MODEL, None, sweep_cfg, judge, "base", layer=-1, coeff=0.0)
 steer = pd.concat(
-    [base] + [judged_answers(questions, MODEL, None, eval_cfg, judge, f"L{layer} λ={c:g}", layer=layer, coeff=c,
+    [base] + [judged_answers(questions, MODEL, None, sweep_cfg, judge, f"L{layer} λ={c:g}", layer=layer, coeff=c,
                              intervention=Intervention("add", v[layer], layer=layer, coeff=c * norms[layer]), progress=False)
               for layer in steer_layers for c in coeffs],
     ignore_index=True,
@@ -171,19 +176,21 @@ print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {steered.em.m
       f"coherence {steered.coherent.gt(50).mean():.1%} (base {base_confirm.coherent.gt(50).mean():.1%})")
 
 # %% [markdown]
-# ## (b) Ablating v̂ from every layer of each fine-tune
+# ## (b) Ablating layer ABLATE_LAYER's v̂ from every layer of each fine-tune
+# The un-ablated rates are those of the answers sampled above (independent of the ablated samples).
 
 # %%
-ablation_rows = []
+v_ablate = v[ABLATE_LAYER]
+ablation_rows = [pool[name].assign(finetune=name, ablation="none") for name in finetunes]
 for name, r in finetunes.items():
-    for condition, direction in [("none", None), ("v̂", v), ("random", random_direction_like(v, seed=SEED))]:
-        edit = None if direction is None else Intervention("ablate", direction)
+    for condition, direction in [("v̂", v_ablate), ("random", random_direction_like(v_ablate, seed=SEED))]:
         ablation_rows.append(judged_answers(questions, MODEL, r.adapter_path, eval_cfg, judge, f"{name}: {condition}",
-                                            intervention=edit, finetune=name, ablation=condition, progress=False))
+                                            intervention=Intervention("ablate", direction), finetune=name,
+                                            ablation=condition, progress=False))
 ablation = pd.concat(ablation_rows, ignore_index=True)
 ablation_summary = summarize(ablation, by=["finetune", "ablation"], seed=SEED)
-fig_ablate = plot_em_rates(ablation_summary, x="finetune", hue="ablation", title="Ablating the direction at every layer",
-                           path=OUT / "ablation.png")
+fig_ablate = plot_em_rates(ablation_summary, x="finetune", hue="ablation",
+                           title=f"Ablating layer {ABLATE_LAYER}'s direction at every layer", path=OUT / "ablation.png")
 display(ablation_summary.round(3))
 
 
@@ -266,7 +273,7 @@ record_result(
     effect={"name": f"EM drop when ablating v̂ from the {SOURCE} fine-tune", "value": src_d, "ci_low": src_lo, "ci_high": src_hi},
     metrics={
         "verdict_steering": verdict_a, "verdict_ablation": verdict_b, "verdict_convergence": verdict_c,
-        "steer_best_layer": best_layer, "steer_best_coeff": best_c,
+        "steer_best_layer": best_layer, "steer_best_coeff": best_c, "ablate_layer": ABLATE_LAYER,
         "steer_em_diff": steer_a, "steer_em_diff_ci_low": steer_lo, "steer_em_diff_ci_high": steer_hi,
         "steer_random_em_diff": rand_a, "steer_random_em_diff_ci_low": rand_lo, "steer_random_em_diff_ci_high": rand_hi,
         "steer_coherence": float(steered.coherent.gt(50).mean()), "base_coherence": float(base_confirm.coherent.gt(50).mean()),
