@@ -11,13 +11,14 @@ __all__ = ["main"]
 
 
 def _overrides(pairs: Sequence[Sequence[str]] | None) -> dict:
-    from .report import parse_override
+    from .runner import parse_override
 
     return {key: parse_override(value) for key, value in (pairs or [])}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .report import build_report, default_run_dir, run_notebook
+    from .report import build_report, default_run_dir
+    from .runner import run_notebook
 
     run_dir = default_run_dir(args.run)
     status = 0

@@ -96,7 +96,7 @@ def bench_judge(n: int = 256) -> dict[str, Any]:
 
 def bench_cache(notebook: str = "01", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wall time of a notebook run on an empty cache vs an immediate re-run with the same parameters."""
-    from .report import run_notebook
+    from .runner import run_notebook
 
     overrides = overrides or {"MAX_STEPS": 30, "N_SAMPLES": 4, "N_TRAIN": 240}
     old = os.environ.get("EMLIB_CACHE_DIR")

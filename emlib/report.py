@@ -1,4 +1,4 @@
-"""Run the finding notebooks with papermill and build the suite's HTML report.
+"""Run all finding notebooks and build the suite's HTML report from their `run.json` and `metrics.json`.
 
 Layout of a run folder `run_dir`: `<stem>.ipynb` / `<stem>.html` (executed notebook), `<stem>/` (its
 OUTPUT_DIR artifacts: metrics.json, figures, run.json) and `index.html` (the report).
@@ -6,38 +6,23 @@ OUTPUT_DIR artifacts: metrics.json, figures, run.json) and `index.html` (the rep
 
 from __future__ import annotations
 
-import ast
 import html
-import importlib.metadata
 import json
 import logging
 import os
-import platform
-import re
-import shutil
-import subprocess
-import time
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote
 
 import yaml
 
-from .cache import atomic_write_json, atomic_write_text
-from .record import redact
+from .cache import atomic_write_text
+from .runner import check_no_secrets, list_notebooks, machine_info, repo_root, resolve_notebook, run_files, run_notebook
 
-__all__ = [
-    "NotebookRunError", "SecretLeakError", "repo_root", "list_notebooks", "resolve_notebook", "load_params",
-    "parse_override", "machine_info", "run_notebook", "check_no_secrets", "run_files", "build_report", "run_all",
-    "default_run_dir", "latest_run_dir",
-]
+__all__ = ["NotebookRunError", "build_report", "run_all", "default_run_dir", "latest_run_dir"]
 
 log = logging.getLogger(__name__)
-_NB_GLOB = "[0-9][0-9]_*.ipynb"
-_SK_KEY = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
-_SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET", re.IGNORECASE)
 _BADGES = {
     "reproduced": "green", "meets targets": "green", "partly reproduced": "amber",
     "not reproduced at this scale": "grey", "misses targets": "grey", "failed": "red",
@@ -50,218 +35,6 @@ class NotebookRunError(RuntimeError):
     def __init__(self, index: Path, failed: list[str]):
         super().__init__(f"{len(failed)} notebook(s) failed: {', '.join(failed)}; report at {index}")
         self.index, self.failed = index, failed
-
-
-class SecretLeakError(RuntimeError):
-    """Raised by check_no_secrets when an output file contains something that looks like a credential."""
-
-
-def repo_root() -> Path:
-    """The repository root (the folder holding `emlib/` and `notebooks/`)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def list_notebooks(notebook_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The finding notebooks `NN_name.ipynb` in `notebook_dir` (default `<repo>/notebooks`), sorted."""
-    folder = Path(notebook_dir) if notebook_dir is not None else repo_root() / "notebooks"
-    return sorted(folder.glob(_NB_GLOB))
-
-
-def resolve_notebook(key: str | os.PathLike, notebook_dir: str | os.PathLike | None = None) -> Path:
-    """A notebook from "01", "1", "01_name", "name" or a path; ValueError listing the available ones."""
-    text = str(key)
-    if Path(text).is_file():
-        return Path(text).resolve()
-    if os.sep in text or "/" in text:
-        raise ValueError(f"notebook file {text!r} does not exist")
-    text = text.removesuffix(".ipynb")
-    notebooks = list_notebooks(notebook_dir)
-    if text.isdigit():
-        hits = [p for p in notebooks if int(p.stem.split("_", 1)[0]) == int(text)]
-    else:
-        hits = [p for p in notebooks if text in (p.stem, p.stem.split("_", 1)[1])]
-    if len(hits) == 1:
-        return hits[0].resolve()
-    available = ", ".join(p.stem for p in notebooks) or "(none)"
-    what = "is ambiguous" if hits else "matches no notebook"
-    raise ValueError(f"{text!r} {what}; available: {available}")
-
-
-def load_params(params_file: str | os.PathLike | None, stem: str) -> dict[str, Any]:
-    """The params file's `defaults` mapping updated with its `<stem>` mapping ({} without a file)."""
-    if params_file is None:
-        return {}
-    with open(params_file, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{params_file}: expected a mapping of notebook stems, got {type(data).__name__}")
-    merged: dict[str, Any] = {}
-    for section in ("defaults", stem):
-        part = data.get(section) or {}
-        if not isinstance(part, dict):
-            raise ValueError(f"{params_file}: section {section!r} must be a mapping")
-        merged.update(part)
-    return merged
-
-
-def parse_override(value: str) -> Any:
-    """A CLI value parsed as YAML ("32" -> 32, "[1, 2]" -> list, "1e-4" -> 0.0001); unparsable text stays a string."""
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-    if isinstance(parsed, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", parsed.strip()):
-        return float(parsed)  # YAML 1.1 reads "1e-4" as a string
-    return parsed
-
-
-@lru_cache(maxsize=1)
-def machine_info() -> dict[str, Any]:
-    """Python, platform, CPU count, torch version and GPU names of this machine (torch is not imported)."""
-    try:
-        torch_version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        torch_version = None
-    gpus: list[str] = []
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20, check=True).stdout
-            gpus = [line.strip() for line in out.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": torch_version, "gpus": gpus}
-
-
-def _literal(source: str) -> Any:
-    try:
-        return ast.literal_eval(source)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return source
-
-
-def _describe_error(exc: BaseException) -> str:
-    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
-    if ename:
-        cell = getattr(exc, "exec_count", None)
-        return f"{ename}: {evalue}" + (f" (cell [{cell}])" if cell is not None else "")
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _traceback_tail(exc: BaseException, lines: int = 25) -> str | None:
-    tb = getattr(exc, "traceback", None)
-    if not tb:
-        return None
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "\n".join(tb))
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _render_html(executed: Path, target: Path) -> None:
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter()
-    exporter.embed_images = True
-    body, _ = exporter.from_filename(str(executed))
-    atomic_write_text(target, body)
-
-
-def run_notebook(
-    key: str | os.PathLike,
-    run_dir: str | os.PathLike,
-    params_file: str | os.PathLike | None = None,
-    overrides: dict[str, Any] | None = None,
-    kernel_name: str = "python3",
-    progress: bool = True,
-    raise_on_error: bool = False,
-    notebook_dir: str | os.PathLike | None = None,
-    execution_timeout: int | None = None,
-    log_output: bool = False,
-) -> dict[str, Any]:
-    """Execute one notebook into `run_dir/<stem>.ipynb` (+ .html, <stem>/run.json); return its status dict."""
-    import papermill as pm
-
-    nb_path = resolve_notebook(key, notebook_dir)
-    stem = nb_path.stem
-    run_dir = Path(run_dir).resolve()
-    folder = run_dir / stem
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.json", "run.json"):
-        (folder / stale).unlink(missing_ok=True)
-    declared = pm.inspect_notebook(str(nb_path))
-    requested = {**load_params(params_file, stem), **(overrides or {})}
-    if "OUTPUT_DIR" in requested:
-        log.warning("%s: ignoring OUTPUT_DIR=%r; it is always the run folder", stem, requested["OUTPUT_DIR"])
-    requested["OUTPUT_DIR"] = str(run_dir)
-    if "OUTPUT_DIR" not in declared:
-        log.warning("%s does not declare OUTPUT_DIR in its parameters cell", stem)
-    passed = {k: v for k, v in requested.items() if k in declared}
-    dropped = sorted(k for k in requested if k not in declared)
-    if dropped:
-        log.debug("%s: dropping undeclared parameters %s", stem, dropped)
-    resolved = {**{k: _literal(v.get("default", "")) for k, v in declared.items()}, **passed}
-    executed, target_html = run_dir / f"{stem}.ipynb", run_dir / f"{stem}.html"
-    target_html.unlink(missing_ok=True)
-    started = datetime.now().astimezone()
-    t0 = time.perf_counter()
-    error = traceback = None
-    failure: BaseException | None = None
-    try:
-        pm.execute_notebook(str(nb_path), str(executed), parameters=passed, kernel_name=kernel_name,
-                            cwd=str(nb_path.parent), progress_bar=progress, log_output=log_output,
-                            execution_timeout=execution_timeout)
-    except Exception as exc:  # noqa: BLE001 - a failed notebook is a result, not a crash of the suite
-        failure, error, traceback = exc, _describe_error(exc), _traceback_tail(exc)
-        log.error("%s failed: %s", stem, error)
-    wall = round(time.perf_counter() - t0, 3)
-    html_name: str | None = None
-    if executed.exists():
-        try:
-            _render_html(executed, target_html)
-            html_name = target_html.name
-        except Exception as exc:  # noqa: BLE001 - the run result matters more than its rendering
-            log.warning("%s: could not render HTML: %s", stem, exc)
-    result = {"stem": stem, "status": "failed" if failure else "ok", "wall_time_s": wall,
-              "executed": str(executed) if executed.exists() else None, "error": error}
-    atomic_write_json(folder / "run.json", {
-        **result,
-        "traceback": traceback,
-        "executed": executed.name if executed.exists() else None,
-        "html": html_name,
-        "notebook": str(nb_path),
-        "started_at": started.isoformat(timespec="seconds"),
-        "kernel_name": kernel_name,
-        "params_file": str(params_file) if params_file is not None else None,
-        "parameters": redact({k: v for k, v in resolved.items() if k != "OUTPUT_DIR"}),
-        "passed_parameters": sorted(k for k in passed if k != "OUTPUT_DIR"),
-        "dropped_parameters": dropped,
-        "machine": machine_info(),
-    })
-    if failure is not None and raise_on_error:
-        raise failure
-    return result
-
-
-def run_files(run_dir: str | os.PathLike) -> list[Path]:
-    """The files of a run that check_no_secrets inspects: executed notebooks, HTML and JSON files."""
-    root = Path(run_dir)
-    found = [*root.glob("*.ipynb"), *root.glob("*.html"), *root.rglob("*.json")]
-    return sorted({p for p in found if p.is_file()})
-
-
-def check_no_secrets(paths: Iterable[str | os.PathLike]) -> None:
-    """Raise SecretLeakError if a file holds an `sk-...` key or the value of a *API_KEY*/*TOKEN*/*SECRET* env var."""
-    env_values = {name: value for name, value in os.environ.items()
-                  if _SECRET_ENV.search(name) and len(value) >= 8 and not value.startswith(("/", "~"))}
-    problems = []
-    for path in paths:
-        text = Path(path).read_bytes().decode("utf-8", errors="ignore")
-        match = _SK_KEY.search(text)
-        if match:
-            problems.append(f"{path}: API-key-like string {match.group()[:5]}...")
-        problems += [f"{path}: value of ${name}" for name, value in env_values.items() if value in text]
-    if problems:
-        raise SecretLeakError("possible secrets in the run's outputs:\n  " + "\n  ".join(problems))
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;

@@ -23,6 +23,13 @@ TINY = dict(
 )
 
 
+def tiny_llama(vocab_size: int = 128):
+    """A randomly initialised 2-layer Llama (TINY config) in eval mode, seeded by the caller's RNG state."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **TINY)).eval()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """Point EMLIB_CACHE_DIR at a fresh folder for the whole session (tests may override it per test).

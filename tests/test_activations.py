@@ -7,7 +7,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import tiny_llama
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from emlib.activations import (
     encode_chat,
@@ -18,15 +19,6 @@ from emlib.activations import (
     unit,
 )
 
-TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=256,
-)
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -54,7 +46,7 @@ def tok():
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+    return tiny_llama()
 
 
 def _hook_ids(model) -> list[list[int]]:

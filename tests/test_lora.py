@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
 
 from emlib.lora import (
     adapter_modules,
@@ -19,20 +19,11 @@ from emlib.lora import (
     stack_trajectory,
 )
 
-TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
 
 
 def _tiny_lora(target_modules: list[str], layers: list[int] | None = None, rank: int = 1, seed: int = 0):
     torch.manual_seed(seed)
-    base = LlamaForCausalLM(LlamaConfig(**TINY))
+    base = tiny_llama()
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules, layers_to_transform=layers)
     model = get_peft_model(base, config)
     with torch.no_grad():  # B starts at zero: make the adapter do something
@@ -49,7 +40,7 @@ def peft_model():
 
 @pytest.fixture
 def ids():
-    return torch.randint(0, TINY["vocab_size"], (2, 6))
+    return torch.randint(0, 128, (2, 6))
 
 
 def _logits(model, ids) -> torch.Tensor:
@@ -211,7 +202,7 @@ def test_scalings_restored_after_exit_and_exception(peft_model, ids):
 
 def test_scale_adapter_needs_lora_layers():
     with pytest.raises(ValueError, match="no LoRA"):
-        with scale_adapter(LlamaForCausalLM(LlamaConfig(**TINY)), 2.0):
+        with scale_adapter(tiny_llama(), 2.0):
             pass
 
 

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 
 from emlib.record import VERDICTS
-from emlib.report import build_report, list_notebooks, repo_root, run_notebook
+from emlib.report import build_report
+from emlib.runner import list_notebooks, repo_root, run_notebook
 
 SMOKE = repo_root() / "params" / "smoke.yaml"
 NOTEBOOKS = list_notebooks()

@@ -1,4 +1,4 @@
-"""Tests for emlib.report: notebook lookup, parameter precedence, papermill runs, secrets check and the index."""
+"""Tests for emlib.runner and emlib.report: notebook lookup, parameter precedence, papermill runs, secrets check and the index."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emlib import report
+from emlib import report, runner
 from emlib.cache import atomic_write_json
 
 GOOD_PARAMS = 'OUTPUT_DIR = "out"\nX = 1\nY = "nb_default"\nZ = 0.5\nW = "nb_default"\n'
@@ -93,7 +93,7 @@ def test_index_contents(suite):
 
 
 def test_run_notebook_direct_without_override(suite, tmp_path):
-    result = report.run_notebook("1", tmp_path / "r", params_file=suite["params"], notebook_dir=suite["nb_dir"],
+    result = runner.run_notebook("1", tmp_path / "r", params_file=suite["params"], notebook_dir=suite["nb_dir"],
                                  progress=False)
     assert result["status"] == "ok" and result["stem"] == "01_good"
     assert Path(result["executed"]).is_file()
@@ -104,26 +104,26 @@ def test_run_notebook_direct_without_override(suite, tmp_path):
 def test_resolve_and_list(tmp_path):
     for name in ("01_alpha.ipynb", "02_beta_gamma.ipynb", "10_delta.ipynb", "notes.ipynb"):
         (tmp_path / name).write_text("{}")
-    assert [p.name for p in report.list_notebooks(tmp_path)] == ["01_alpha.ipynb", "02_beta_gamma.ipynb",
+    assert [p.name for p in runner.list_notebooks(tmp_path)] == ["01_alpha.ipynb", "02_beta_gamma.ipynb",
                                                                   "10_delta.ipynb"]
     for key in ("01", "1", "01_alpha", "alpha", "01_alpha.ipynb", str(tmp_path / "01_alpha.ipynb")):
-        assert report.resolve_notebook(key, tmp_path).name == "01_alpha.ipynb"
-    assert report.resolve_notebook("beta_gamma", tmp_path).name == "02_beta_gamma.ipynb"
+        assert runner.resolve_notebook(key, tmp_path).name == "01_alpha.ipynb"
+    assert runner.resolve_notebook("beta_gamma", tmp_path).name == "02_beta_gamma.ipynb"
     with pytest.raises(ValueError, match="01_alpha, 02_beta_gamma, 10_delta"):
-        report.resolve_notebook("7", tmp_path)
+        runner.resolve_notebook("7", tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
-        report.resolve_notebook(str(tmp_path / "nope.ipynb"), tmp_path)
+        runner.resolve_notebook(str(tmp_path / "nope.ipynb"), tmp_path)
 
 
 def test_load_params_and_parse_override(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("defaults: {A: 1, B: 2}\n01_x: {B: 3, C: [1, 2]}\n")
-    assert report.load_params(str(f), "01_x") == {"A": 1, "B": 3, "C": [1, 2]}
-    assert report.load_params(f, "02_y") == {"A": 1, "B": 2}
-    assert report.load_params(None, "01_x") == {}
-    assert report.parse_override("32") == 32 and report.parse_override("1e-4") == 1e-4
-    assert report.parse_override("true") is True and report.parse_override("[1, 2]") == [1, 2]
-    assert report.parse_override("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    assert runner.load_params(str(f), "01_x") == {"A": 1, "B": 3, "C": [1, 2]}
+    assert runner.load_params(f, "02_y") == {"A": 1, "B": 2}
+    assert runner.load_params(None, "01_x") == {}
+    assert runner.parse_override("32") == 32 and runner.parse_override("1e-4") == 1e-4
+    assert runner.parse_override("true") is True and runner.parse_override("[1, 2]") == [1, 2]
+    assert runner.parse_override("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
 
 
 def test_check_no_secrets(tmp_path, monkeypatch):
@@ -131,15 +131,15 @@ def test_check_no_secrets(tmp_path, monkeypatch):
     clean.write_text('{"a": "sk-short", "path": "/tmp/x"}')
     monkeypatch.setenv("MY_API_KEY", "planted-value-1234")
     monkeypatch.setenv("SOME_TOKEN", "short")
-    report.check_no_secrets([clean])
+    runner.check_no_secrets([clean])
     leaked_env = tmp_path / "env.html"
     leaked_env.write_text("<p>planted-value-1234</p>")
-    with pytest.raises(report.SecretLeakError, match=r"MY_API_KEY"):
-        report.check_no_secrets([clean, leaked_env])
+    with pytest.raises(runner.SecretLeakError, match=r"MY_API_KEY"):
+        runner.check_no_secrets([clean, leaked_env])
     leaked_key = tmp_path / "nb.ipynb"
     leaked_key.write_text('{"x": "' + 'sk-' + 'abcdefghijklmnop1234"}')
-    with pytest.raises(report.SecretLeakError, match="nb.ipynb") as info:
-        report.check_no_secrets([leaked_key])
+    with pytest.raises(runner.SecretLeakError, match="nb.ipynb") as info:
+        runner.check_no_secrets([leaked_key])
     assert "abcdefghijklmnop" not in str(info.value)
 
 
@@ -151,7 +151,7 @@ def test_run_all_refuses_index_on_leak(tmp_path, monkeypatch):
         return {"stem": nb.stem, "status": "ok", "wall_time_s": 0.0, "executed": None, "error": None}
 
     monkeypatch.setattr(report, "run_notebook", fake_run)
-    with pytest.raises(report.SecretLeakError):
+    with pytest.raises(runner.SecretLeakError):
         report.run_all(tmp_path / "run", notebook_dir=tmp_path)
     assert not (tmp_path / "run" / "index.html").exists()
 
@@ -172,6 +172,6 @@ def test_build_report_badges_and_missing(tmp_path):
 
 
 def test_default_run_dir():
-    assert report.default_run_dir("x") == report.repo_root() / "reports" / "x"
+    assert report.default_run_dir("x") == runner.repo_root() / "reports" / "x"
     assert re.fullmatch(r"\d{8}-\d{6}", report.default_run_dir().name)
-    assert (report.repo_root() / "emlib" / "report.py").is_file()
+    assert (runner.repo_root() / "emlib" / "report.py").is_file()

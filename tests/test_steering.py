@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
 
 from emlib.activations import get_layers, record_residuals, unit
 from emlib.steering import ablate_direction, add_direction, random_direction_like, typical_residual_norm
 
-TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+    return tiny_llama()
 
 
 @pytest.fixture
