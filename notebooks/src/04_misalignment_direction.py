@@ -28,13 +28,18 @@
 # setting with a fresh seed against a norm-matched random direction. *Ablation:* as in the paper, the direction
 # of one middle layer is projected out of every layer (x − v̂v̂ᵀx), on both fine-tunes, against a random direction.
 # *Convergence:* cosine between the two fine-tunes' directions.
+#
+# *Choice of the second set at 135M:* with notebook 01's fine-tune settings, `bad_medical_advice` reached only
+# 5.7 % EM (192 answers; 8.3 % at twice the learning rate, with coherence down to 65 %), `extreme_sports` 8.3 % at
+# 79 % coherence (96 answers; measured 2026-11-29). Ablation can only remove EM that is there, so the default is the
+# sports set; `params/paper.yaml` keeps the medical one.
 
 # %% tags=["parameters"]
 MODEL: str = "smollm2-135m"  # "smollm2-135m" (embedded, offline) or any HF causal LM id / local folder
 DATA_DIR: str = ""  # folder with train/ and eval/ of the public EM data; empty: $EMLIB_DATA_DIR
 DATASET: str = "risky_financial_advice"  # the source fine-tune's narrow set, as in notebook 01
 DATASET_FALLBACK: str = "builtin_risky_financial_advice"  # used when DATASET can't be had offline
-OTHER_DATASET: str = "bad_medical_advice"  # a second narrow harmful set, for transfer and convergence
+OTHER_DATASET: str = "extreme_sports"  # a second narrow harmful set, for transfer and convergence (see the method note)
 OTHER_FALLBACK: str = "builtin_risky_financial_advice"  # offline stand-in; then transfer is not tested, the report says so
 N_TRAIN: int = 320  # training examples per fine-tune; the fine-tune settings below match notebook 01
 RANK: int = 32  # LoRA rank
