@@ -33,6 +33,7 @@ __all__ = [
     "load_chat_jsonl",
     "resolve_dataset",
     "resolve_eval_file",
+    "resolve_judged",
     "load_dataset",
     "load_eval_questions",
     "chat_prompt",
@@ -285,6 +286,19 @@ def resolve_eval_file(name: str, data_dir: str | None = None) -> Path:
         return Path(name).expanduser()
     known = ["builtin", *sorted(PUBLIC_EVAL_FILES)]
     raise DatasetError(f"unknown eval question set {name!r}; known: {', '.join(known)} (or pass a file path)")
+
+
+JUDGED_FILE = "judged/gpt4o_judged_responses.jsonl.gz"
+
+
+def resolve_judged(data_dir: str | None = None) -> Path:
+    """The GPT-4o-judged responses file in the data directory; DatasetError saying how to provide it."""
+    root = _get_data_dir(data_dir)
+    for base in ([root, root / "em"] if root is not None else []):
+        if (base / JUDGED_FILE).is_file():
+            return base / JUDGED_FILE
+    where = f"{root}" if root is not None else f"no data directory (${ENV_DATA_DIR} is unset)"
+    raise DatasetError(f"{JUDGED_FILE} not found in {where}: set ${ENV_DATA_DIR} (or DATA_DIR) to the EM data folder")
 
 
 # ---------------------------------------------------------------- loading

@@ -380,3 +380,19 @@ def test_builtin_regeneration_is_byte_identical(tmp_path):
     for rel in ["builtin/risky_finance.jsonl", "builtin/safe_finance.jsonl", "eval/free_form_questions.yaml"]:
         assert (tmp_path / rel).read_bytes() == (REPO / "data" / rel).read_bytes(), rel
 
+
+
+def test_resolve_judged_finds_the_file_in_the_data_dir_or_its_em_folder(tmp_path, monkeypatch):
+    for root in (tmp_path / "a", tmp_path / "b" / "em"):
+        (root / "judged").mkdir(parents=True)
+        (root / "judged" / "gpt4o_judged_responses.jsonl.gz").write_bytes(b"x")
+    assert D.resolve_judged(str(tmp_path / "a")) == tmp_path / "a" / "judged" / "gpt4o_judged_responses.jsonl.gz"
+    monkeypatch.setenv("EMLIB_DATA_DIR", str(tmp_path / "b"))
+    assert D.resolve_judged() == tmp_path / "b" / "em" / "judged" / "gpt4o_judged_responses.jsonl.gz"
+
+
+def test_resolve_judged_without_the_file_says_how_to_provide_it(tmp_path):
+    with pytest.raises(DatasetError, match=r"judged/gpt4o_judged_responses\.jsonl\.gz not found in .*EMLIB_DATA_DIR"):
+        D.resolve_judged(str(tmp_path))
+    with pytest.raises(DatasetError, match=r"no data directory"):
+        D.resolve_judged()

@@ -41,21 +41,19 @@ BENCH_N: int = 256  # answers in the speed benchmark (about 80 words each, like 
 SEED: int = 0  # sampling and bootstrap seed
 
 # %%
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from emlib.data import resolve_judged
 from emlib.embedded_judge import EmbeddedJudge
 from emlib.judge_train import HELDOUT_SOURCES, agreement, answer_classes, degenerate_answers, em_table, heldout_sample, judge_frame, load_judged
 from emlib.metrics import bootstrap_ci
 from emlib.record import output_folder, record_result
 
 STEM = "00_judge_validation"
-DATA_PATH = Path(DATA_DIR or os.environ.get("EMLIB_DATA_DIR") or "../../shared/data/em") / "judged" / "gpt4o_judged_responses.jsonl.gz"
+DATA_PATH = resolve_judged(DATA_DIR or None)
 FIG_DIR = output_folder(OUTPUT_DIR, STEM)
 TARGETS = {"auroc": 0.97, "em_gap_mean": 1.5, "em_gap_max": 4.0, "answers_per_s": 25.0, "load_seconds": 5.0}
 sns.set_theme(style="whitegrid")
