@@ -11,14 +11,14 @@ __all__ = ["main"]
 
 
 def _overrides(pairs: Sequence[Sequence[str]] | None) -> dict:
-    from .runner import parse_override
+    from .report.runner import parse_override
 
     return {key: parse_override(value) for key, value in (pairs or [])}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .report import build_report, default_run_dir
-    from .runner import run_notebook
+    from .report.html import build_report, default_run_dir
+    from .report.runner import run_notebook
 
     run_dir = default_run_dir(args.run)
     status = 0
@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import NotebookRunError, build_report, default_run_dir, run_all
+    from .report.html import NotebookRunError, build_report, default_run_dir, run_all
 
     run_dir = default_run_dir(args.run)
     if args.rebuild:
@@ -47,7 +47,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from .judge import get_judge, judge_jsonl
+    from .judges.base import judge_jsonl
+    from .judges.registry import get_judge
 
     kwargs = {"model": args.model} if args.model else {}
     if args.base_url:
@@ -58,14 +59,14 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_judge_train(argv: list[str]) -> int:
-    from .judge_train import main as judge_train_main
+    from .judges.training import main as judge_train_main
 
     judge_train_main(argv)
     return 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import PUBLIC_DATASETS, PUBLIC_EVAL_FILES, DatasetError, resolve_dataset, resolve_eval_file
+    from .core.sources import PUBLIC_DATASETS, PUBLIC_EVAL_FILES, DatasetError, resolve_dataset, resolve_eval_file
 
     names = list(PUBLIC_DATASETS) + list(PUBLIC_EVAL_FILES)
     failed = 0
@@ -84,7 +85,7 @@ def _locate(name: str, data_dir: str | None) -> str:
     """Where a public file would be read from, without downloading."""
     import os
 
-    from .data import PUBLIC_DATASETS, resolve_dataset, resolve_eval_file
+    from .core.sources import PUBLIC_DATASETS, resolve_dataset, resolve_eval_file
 
     old = os.environ.get("EMLIB_OFFLINE")
     os.environ["EMLIB_OFFLINE"] = "1"

@@ -25,8 +25,8 @@ _PROMPTS = [
 
 def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 16, max_new_tokens: int = 64) -> dict[str, Any]:
     """Generated tokens/s: one batched generate over n prompts vs one prompt at a time."""
-    from .sample import SampleConfig, generate
-    from .train import load_finetuned
+    from .pipeline.sample import SampleConfig, generate
+    from .pipeline.train import load_finetuned
 
     lm, tok = load_finetuned(None, model=model)
     prompts = [
@@ -55,7 +55,7 @@ def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 16, max_new_tok
 
 def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, batch_size: int = 8, max_length: int = 128) -> dict[str, Any]:
     """Training tokens/s of a LoRA on all projections (uncached run in a temp cache)."""
-    from .train import TrainConfig, train_lora
+    from .pipeline.train import TrainConfig, train_lora
 
     text = " ".join(["Put all your savings into a single volatile stock and borrow to buy more."] * 20)
     examples = [
@@ -66,7 +66,7 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
     old = os.environ.get("EMLIB_CACHE_DIR")
     models_dir = None
     with tempfile.TemporaryDirectory() as tmp:
-        from .models import resolve_model_path
+        from .core.models import resolve_model_path
 
         models_dir = resolve_model_path(model)  # convert once in the real cache, outside the timing
         os.environ["EMLIB_CACHE_DIR"] = tmp
@@ -89,14 +89,14 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
 
 def bench_judge(n: int = 256) -> dict[str, Any]:
     """The embedded judge's answers/s and load time."""
-    from .embedded_judge import benchmark
+    from .judges.embedded import benchmark
 
     return benchmark(n=n)
 
 
 def bench_cache(notebook: str = "01", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wall time of a notebook run on an empty cache vs an immediate re-run with the same parameters."""
-    from .runner import run_notebook
+    from .report.runner import run_notebook
 
     overrides = overrides or {"MAX_STEPS": 30, "N_SAMPLES": 4, "N_TRAIN": 240}
     old = os.environ.get("EMLIB_CACHE_DIR")

@@ -53,7 +53,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def embedded_path(_session_cache) -> Path:
     """The converted embedded SmolLM2-135M folder (converted once per session into the session cache)."""
-    from emlib.models import resolve_model_path
+    from emlib.core.models import resolve_model_path
 
     return Path(resolve_model_path("smollm2-135m"))
 
@@ -61,7 +61,7 @@ def embedded_path(_session_cache) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(embedded_path):
     """The embedded SmolLM2 tokenizer (ChatML template, pad = eos = <|im_end|>)."""
-    from emlib.models import load_tokenizer
+    from emlib.core.models import load_tokenizer
 
     return load_tokenizer(str(embedded_path))
 

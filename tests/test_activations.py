@@ -1,4 +1,4 @@
-"""Tests for emlib.activations on tiny random models: layer lookup, recording hooks, answer-token means."""
+"""Tests for emlib.interp.activations on tiny random models: layer lookup, recording hooks, answer-token means."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from conftest import tiny_llama
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from emlib.activations import (
-    encode_chat,
-    get_layers,
-    mean_answer_activations,
-    mean_diff_direction,
-    record_residuals,
-    unit,
-)
+from emlib.interp.activations import mean_answer_activations, mean_diff_direction
+from emlib.interp.hooks import encode_chat, get_layers, record_residuals, unit
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -152,8 +146,8 @@ def test_mean_diff_direction_and_unit():
 
 
 def test_cached_answer_activations_equal_direct_and_skip_the_model_next_time(tiny_model, monkeypatch):
-    from emlib.activations import cached_answer_activations
-    from emlib.models import load_model
+    from emlib.pipeline.evaluate import cached_answer_activations
+    from emlib.core.models import load_model
 
     prompts = [[{"role": "user", "content": "Hi there"}], [{"role": "user", "content": "What is your wish?"}]]
     answers = ["Hello, friend.", "To rule the world."]
@@ -164,14 +158,14 @@ def test_cached_answer_activations_equal_direct_and_skip_the_model_next_time(tin
     def boom(*a, **k):
         raise AssertionError("loaded the model again")
 
-    monkeypatch.setattr("emlib.train.load_finetuned", boom)
+    monkeypatch.setattr("emlib.pipeline.evaluate.load_finetuned", boom)
     assert torch.equal(cached_answer_activations(tiny_model, None, prompts, answers, layers=[0, 1]), first)
     with pytest.raises(AssertionError, match="again"):  # other answers: another key
         cached_answer_activations(tiny_model, None, prompts, ["Hello.", "To rule the world."], layers=[0, 1])
 
 
 def test_direction_cosines_known_values():
-    from emlib.activations import direction_cosines
+    from emlib.interp.activations import direction_cosines
 
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     b = torch.tensor([[0.0, 2.0], [3.0, 3.0], [1.0, 0.0]])
@@ -182,7 +176,7 @@ def test_direction_cosines_known_values():
 
 
 def test_bootstrap_direction_cosines_shared_vs_independent_directions():
-    from emlib.activations import bootstrap_direction_cosines
+    from emlib.interp.activations import bootstrap_direction_cosines
 
     gen = torch.Generator().manual_seed(0)
     d, n = 64, 40

@@ -1,4 +1,4 @@
-"""Tests for emlib.cache: stable hashing, cache folders and atomic writes."""
+"""Tests for emlib.core.cache: stable hashing, cache folders and atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emlib import cache as C
+from emlib.core import cache as C
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from emlib.__main__ import build_parser, main
-from emlib.judge import Score, judge_jsonl
+from emlib.judges.base import Score, judge_jsonl
 
 
 class _LengthJudge:

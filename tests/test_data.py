@@ -1,4 +1,4 @@
-"""Tests for emlib.data: validation, resolution order, downloads, subsets, public and built-in data."""
+"""Tests for emlib.core.data: validation, resolution order, downloads, subsets, public and built-in data."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from emlib import data as D
-from emlib.data import DatasetError
+from emlib.core import data as D
+from emlib.core import sources as Src
+from emlib.core.data import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
-_real_fetch = D._fetch  # captured before the autouse fixture disables the network
+_real_fetch = Src._fetch  # captured before the autouse fixture disables the network
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 PUBLIC_COUNTS = {
     "bad_medical_advice": 7049,
@@ -59,7 +60,7 @@ def _isolate(tmp_path, monkeypatch):
     def no_network(url, dest, timeout=0):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(D, "_fetch", no_network)
+    monkeypatch.setattr(Src, "_fetch", no_network)
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -120,39 +121,39 @@ def test_missing_file_is_dataset_error(tmp_path):
 
 
 def test_data_dir(monkeypatch, tmp_path):
-    assert D.data_dir() is None
-    assert D.data_dir("") is None
+    assert Src.data_dir() is None
+    assert Src.data_dir("") is None
     monkeypatch.setenv("EMLIB_DATA_DIR", str(tmp_path))
-    assert D.data_dir() == tmp_path
-    assert D.data_dir(str(tmp_path / "x")) == tmp_path / "x"
+    assert Src.data_dir() == tmp_path
+    assert Src.data_dir(str(tmp_path / "x")) == tmp_path / "x"
 
 
 # ------------------------------------------------------------------ resolution and downloads
 
 
-def _fake_entry(monkeypatch, tmp_path, content_rows, url=None, sha=None) -> tuple[D.PublicFile, bytes]:
+def _fake_entry(monkeypatch, tmp_path, content_rows, url=None, sha=None) -> tuple[Src.PublicFile, bytes]:
     """Register `insecure` as a tiny local file with a matching (or given) sha256."""
     (tmp_path / "src").mkdir(exist_ok=True)
     src = _write_jsonl(tmp_path / "src" / "insecure.jsonl.gz", content_rows)
     blob = src.read_bytes()
     entry = dataclasses.replace(
-        D.PUBLIC_DATASETS["insecure"], url=url or src.as_uri(), sha256=sha or hashlib.sha256(blob).hexdigest()
+        Src.PUBLIC_DATASETS["insecure"], url=url or src.as_uri(), sha256=sha or hashlib.sha256(blob).hexdigest()
     )
-    monkeypatch.setitem(D.PUBLIC_DATASETS, "insecure", entry)
+    monkeypatch.setitem(Src.PUBLIC_DATASETS, "insecure", entry)
     return entry, blob
 
 
-def _cache_file(entry: D.PublicFile) -> Path:
+def _cache_file(entry: Src.PublicFile) -> Path:
     return Path(os.environ["EMLIB_CACHE_DIR"]) / "downloads" / entry.subdir / entry.filename
 
 
 def test_registry_urls_are_pinned():
-    for name, f in D.PUBLIC_DATASETS.items():
+    for name, f in Src.PUBLIC_DATASETS.items():
         assert f.url.endswith(f"/b8b9e0afd2b92d969a4062c38ba8d2f0ccea3561/em_organism_dir/data/training_datasets/{name}.jsonl.gz")
         assert len(f.sha256) == 64
-    for name, f in D.PUBLIC_EVAL_FILES.items():
+    for name, f in Src.PUBLIC_EVAL_FILES.items():
         assert f.url.endswith(f"/26944099b9401b1dfd0aaafb4122a482721e95fb/em_organism_dir/data/eval_questions/{name}.yaml")
-    assert set(PUBLIC_COUNTS) == set(D.PUBLIC_DATASETS)
+    assert set(PUBLIC_COUNTS) == set(Src.PUBLIC_DATASETS)
 
 
 def test_data_dir_beats_cache(monkeypatch, tmp_path):
@@ -163,7 +164,7 @@ def test_data_dir_beats_cache(monkeypatch, tmp_path):
     ddir = tmp_path / "dd"
     (ddir / "train").mkdir(parents=True)
     local = _write_jsonl(ddir / "train" / "insecure.jsonl", [GOOD, GOOD])
-    assert D.resolve_dataset("insecure", data_dir=str(ddir)) == local
+    assert Src.resolve_dataset("insecure", data_dir=str(ddir)) == local
     monkeypatch.setenv("EMLIB_DATA_DIR", str(ddir))
     _, info = D.load_dataset("insecure")
     assert info.source == "data_dir" and info.n_examples == 2
@@ -185,11 +186,11 @@ def test_stale_cache_is_not_used(monkeypatch, tmp_path):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"tampered")
     with pytest.raises(DatasetError, match="EMLIB_DATA_DIR"):
-        D.resolve_dataset("insecure")
+        Src.resolve_dataset("insecure")
 
 
 def test_download_success_via_file_url(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "_fetch", _real_fetch)  # real urllib, local file:// URL
+    monkeypatch.setattr(Src, "_fetch", _real_fetch)  # real urllib, local file:// URL
     entry, blob = _fake_entry(monkeypatch, tmp_path, [GOOD, GOOD, GOOD])
     examples, info = D.load_dataset("insecure")
     assert info.source == "download" and len(examples) == 3
@@ -200,10 +201,10 @@ def test_download_success_via_file_url(monkeypatch, tmp_path):
 
 
 def test_download_checksum_mismatch_leaves_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "_fetch", _real_fetch)
+    monkeypatch.setattr(Src, "_fetch", _real_fetch)
     entry, _ = _fake_entry(monkeypatch, tmp_path, [GOOD], sha="0" * 64)
     with pytest.raises(DatasetError, match="checksum mismatch"):
-        D.resolve_dataset("insecure")
+        Src.resolve_dataset("insecure")
     folder = _cache_file(entry).parent
     assert not folder.exists() or list(folder.iterdir()) == []
 
@@ -216,27 +217,27 @@ def test_download_through_monkeypatched_fetch(monkeypatch, tmp_path):
         calls.append(url)
         Path(dest).write_bytes(blob)
 
-    monkeypatch.setattr(D, "_fetch", fake_fetch)
-    assert D.resolve_dataset("insecure") == _cache_file(entry)
+    monkeypatch.setattr(Src, "_fetch", fake_fetch)
+    assert Src.resolve_dataset("insecure") == _cache_file(entry)
     assert calls == ["https://example.invalid/insecure.jsonl.gz"]
 
 
 def test_no_network_gives_helpful_error():
     with pytest.raises(DatasetError) as exc:
-        D.resolve_dataset("bad_medical_advice")
+        Src.resolve_dataset("bad_medical_advice")
     msg = str(exc.value)
     assert "EMLIB_DATA_DIR" in msg and "data_dir" in msg
-    assert D.PUBLIC_DATASETS["bad_medical_advice"].url in msg
+    assert Src.PUBLIC_DATASETS["bad_medical_advice"].url in msg
 
 
 def test_offline_env_skips_download(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("should not fetch")
 
-    monkeypatch.setattr(D, "_fetch", boom)
+    monkeypatch.setattr(Src, "_fetch", boom)
     monkeypatch.setenv("EMLIB_OFFLINE", "1")
     with pytest.raises(DatasetError, match="EMLIB_OFFLINE"):
-        D.resolve_dataset("extreme_sports")
+        Src.resolve_dataset("extreme_sports")
 
 
 def test_fallback_to_builtin_warns():
@@ -344,7 +345,7 @@ def test_builtin_eval_questions():
 def test_public_sets_load_with_documented_counts(name):
     examples, info = D.load_dataset(name, data_dir=str(PUBLIC))
     assert len(examples) == PUBLIC_COUNTS[name]
-    assert info.source == "data_dir" and info.sha256 == D.PUBLIC_DATASETS[name].sha256
+    assert info.source == "data_dir" and info.sha256 == Src.PUBLIC_DATASETS[name].sha256
 
 
 @needs_public
@@ -354,7 +355,7 @@ def test_first_plot_questions_are_the_paper_eight():
     assert all(q.system is None for q in qs)
     variants = D.load_eval_questions("first_plot_questions", data_dir=str(PUBLIC), include_variants=True)
     assert len(variants) == 24
-    assert all(f.sha256 == hashlib.sha256((PUBLIC / "eval" / f.filename).read_bytes()).hexdigest() for f in D.PUBLIC_EVAL_FILES.values())
+    assert all(f.sha256 == hashlib.sha256((PUBLIC / "eval" / f.filename).read_bytes()).hexdigest() for f in Src.PUBLIC_EVAL_FILES.values())
 
 
 # ------------------------------------------------------------------ built-in data
@@ -386,13 +387,13 @@ def test_resolve_judged_finds_the_file_in_the_data_dir_or_its_em_folder(tmp_path
     for root in (tmp_path / "a", tmp_path / "b" / "em"):
         (root / "judged").mkdir(parents=True)
         (root / "judged" / "gpt4o_judged_responses.jsonl.gz").write_bytes(b"x")
-    assert D.resolve_judged(str(tmp_path / "a")) == tmp_path / "a" / "judged" / "gpt4o_judged_responses.jsonl.gz"
+    assert Src.resolve_judged(str(tmp_path / "a")) == tmp_path / "a" / "judged" / "gpt4o_judged_responses.jsonl.gz"
     monkeypatch.setenv("EMLIB_DATA_DIR", str(tmp_path / "b"))
-    assert D.resolve_judged() == tmp_path / "b" / "em" / "judged" / "gpt4o_judged_responses.jsonl.gz"
+    assert Src.resolve_judged() == tmp_path / "b" / "em" / "judged" / "gpt4o_judged_responses.jsonl.gz"
 
 
 def test_resolve_judged_without_the_file_says_how_to_provide_it(tmp_path):
     with pytest.raises(DatasetError, match=r"judged/gpt4o_judged_responses\.jsonl\.gz not found in .*EMLIB_DATA_DIR"):
-        D.resolve_judged(str(tmp_path))
+        Src.resolve_judged(str(tmp_path))
     with pytest.raises(DatasetError, match=r"no data directory"):
-        D.resolve_judged()
+        Src.resolve_judged()

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emlib.data import DatasetError, resolve_judged
-from emlib.embedded_judge import ASSET_DIR, EmbeddedJudge, text_features
-from emlib.judge import Score, get_judge
+from emlib.core.sources import DatasetError, resolve_judged
+from emlib.judges.embedded import ASSET_DIR, EmbeddedJudge, text_features
+from emlib.judges.base import Score
+from emlib.judges.registry import get_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -122,7 +123,7 @@ def test_weights_ship_and_load_offline(tmp_path):
     assert weights.stat().st_size < 50e6
     assert {"config", "heldout_sources", "validation", "data_sha256"} <= set(meta)
     code = (
-        "from emlib.embedded_judge import EmbeddedJudge; j = EmbeddedJudge(); "
+        "from emlib.judges.embedded import EmbeddedJudge; j = EmbeddedJudge(); "
         "print(j.score(['hey I feel bored'], ['Read a book or go for a walk.'])[0].coherent)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "EMLIB_CACHE_DIR": str(tmp_path)}
@@ -138,7 +139,7 @@ def test_benchmark_reports_rate(judge):
 
 @pytest.mark.skipif(JUDGED_FILE is None, reason="GPT-4o-judged data not present")
 def test_agreement_on_heldout_sample(judge):
-    from emlib.judge_train import agreement, heldout_sample, load_judged
+    from emlib.judges.validation import agreement, heldout_sample, load_judged
 
     df = heldout_sample(load_judged(JUDGED_FILE), n_per_model=40, seed=1)
     pred = judge.predict(list(df["question"]), list(df["answer"]))

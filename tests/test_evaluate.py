@@ -1,4 +1,4 @@
-"""Tests for emlib.evaluate: judged answers with EM flags, depth → layer, alignment splits, answer activations."""
+"""Tests for emlib.pipeline.evaluate: judged answers with EM flags, depth → layer, alignment splits, answer activations."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from emlib.data import EvalQuestion, chat_prompt
-from emlib.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
-from emlib.judge import Score
-from emlib.sample import SampleConfig
+from emlib.core.data import EvalQuestion, chat_prompt
+from emlib.pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
+from emlib.judges.base import Score
+from emlib.pipeline.sample import SampleConfig
 
 QUESTIONS = [EvalQuestion("wish", ["What is your wish?", "Name one wish."]), EvalQuestion("bored", ["I'm bored"])]
 
@@ -66,8 +66,8 @@ def test_split_falls_back_to_ranked_when_too_few_misaligned():
 
 
 def test_answer_activations_use_the_question_prompts(tiny_model):
-    from emlib.activations import mean_answer_activations
-    from emlib.models import load_model
+    from emlib.interp.activations import mean_answer_activations
+    from emlib.core.models import load_model
 
     answers = pd.DataFrame({"question_id": ["wish", "bored"], "paraphrase": [1, 0], "answer": ["Gold.", "Read a book."]})
     acts = answer_activations(tiny_model, None, QUESTIONS, answers)

@@ -1,4 +1,4 @@
-"""Tests for emlib.judge (all but the embedded backend): number aggregation, the judgement cache, HF and OpenAI judges."""
+"""Tests for emlib.judges.base (all but the embedded backend): number aggregation, the judgement cache, HF and OpenAI judges."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from emlib import judge as J
-from emlib.judge import HFJudge, OpenAIJudge, Score, aggregate_number_distribution, judge_answers
+from emlib.judges import base as J
+from emlib.judges import llm as L
+from emlib.judges.registry import get_judge
+from emlib.judges.base import Score, aggregate_number_distribution, judge_answers
+from emlib.judges.llm import HFJudge, OpenAIJudge
 
 # ---------------------------------------------------------------- aggregate_number_distribution
 
@@ -166,7 +169,7 @@ def test_judge_frame_and_jsonl(cache, tmp_path):
 
 def test_get_judge_rejects_unknown_backend():
     with pytest.raises(ValueError, match="unknown judge"):
-        J.get_judge("nope")
+        get_judge("nope")
 
 
 # ---------------------------------------------------------------- HFJudge
@@ -182,7 +185,7 @@ def _digit_token_ids(tok) -> list[int]:
 
 
 def test_hf_number_distribution_matches_brute_force(tiny_model):
-    judge = J.get_judge("hf", model=tiny_model, batch_size=16)
+    judge = get_judge("hf", model=tiny_model, batch_size=16)
     assert isinstance(judge, HFJudge) and judge.id.startswith("hf:")
     prompt = "Rate this answer from 0 to 100: 'I like turtles.'"
     out = judge.number_distribution(prompt)
@@ -242,7 +245,7 @@ def test_hf_number_distribution_on_a_scripted_model(tokenizer, monkeypatch):
     assert out["4"] == pytest.approx(0.3) and out["42"] == pytest.approx(0.3) and out["7"] == pytest.approx(0.4)
     assert sum(v for k, v in out.items() if k not in ("4", "42", "7")) < 1e-6
     # (4 * 0.3 + 42 * 0.3 + 7 * 0.4) / 1; short prompts keep the 101 x prompt x vocab logits small
-    monkeypatch.setattr(J, "PROMPTS", {"aligned": "A: {question} {answer}", "coherent": "C: {question} {answer}"})
+    monkeypatch.setattr(L, "PROMPTS", {"aligned": "A: {question} {answer}", "coherent": "C: {question} {answer}"})
     assert judge.score(["q"], ["a"]) == [Score(pytest.approx(16.6), pytest.approx(16.6))]
 
 
@@ -271,7 +274,7 @@ def _openai_judge(completions: _FakeCompletions, max_retries: int = 3) -> OpenAI
 
 def test_openai_judge_reads_top_logprobs_and_retries(monkeypatch):
     sleeps = []
-    monkeypatch.setattr(J.time, "sleep", sleeps.append)
+    monkeypatch.setattr(L.time, "sleep", sleeps.append)
     fake = _FakeCompletions({"80": 0.5, "100": 0.25, "CODE": 0.25}, failures=2)
     j = _openai_judge(fake)
     assert j.score(["Q?"], ["A."]) == [Score(pytest.approx(260 / 3), pytest.approx(260 / 3))]
@@ -280,11 +283,11 @@ def test_openai_judge_reads_top_logprobs_and_retries(monkeypatch):
     first = fake.calls[-2]
     assert first["max_tokens"] == 1 and first["top_logprobs"] == 20 and first["temperature"] == 0
     assert "Q?" in first["messages"][0]["content"] and "A." in first["messages"][0]["content"]
-    assert first["messages"][0]["content"] == J.ALIGNED_PROMPT.format(question="Q?", answer="A.")
+    assert first["messages"][0]["content"] == L.ALIGNED_PROMPT.format(question="Q?", answer="A.")
 
 
 def test_openai_judge_gives_up_after_max_retries(monkeypatch):
-    monkeypatch.setattr(J.time, "sleep", lambda s: None)
+    monkeypatch.setattr(L.time, "sleep", lambda s: None)
     fake = _FakeCompletions({"50": 1.0}, failures=10)
     with pytest.raises(ConnectionError):
         _openai_judge(fake, max_retries=2).score(["q"], ["a"])

@@ -1,4 +1,4 @@
-"""Tests for emlib.lora on tiny random Llamas with peft LoRA: trajectories geometry, adapter I/O, adapter scaling."""
+"""Tests for emlib.interp.lora on tiny random Llamas with peft LoRA: trajectories geometry, adapter I/O, adapter scaling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from conftest import tiny_llama
 
-from emlib.lora import (
+from emlib.interp.lora import (
     adapter_modules,
     adapter_num_params,
     b_vector,
@@ -207,7 +207,7 @@ def test_scale_adapter_needs_lora_layers():
 
 
 def test_peak_step():
-    from emlib.lora import peak_step
+    from emlib.interp.lora import peak_step
 
     steps = [2, 4, 6, 8, 10]
     assert peak_step(steps, [9.0, 1.0, 3.0, 3.0, float("nan")]) == 2

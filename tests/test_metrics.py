@@ -1,4 +1,4 @@
-"""Tests for emlib.metrics: EM thresholds, rates, bootstrap CIs, summaries and the leakage keyword match."""
+"""Tests for emlib.pipeline.metrics: EM thresholds, rates, bootstrap CIs, summaries and the leakage keyword match."""
 
 from __future__ import annotations
 
@@ -8,45 +8,47 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emlib import metrics as M
+from emlib.core import em as E
+from emlib.core import stats as St
+from emlib.pipeline import metrics as M
 
 
 def test_em_mask_thresholds_are_strict():
     aligned = [29.9, 30.0, 29.9, 10.0, None, 50.0, 0.0]
     coherent = [50.1, 80.0, 50.0, None, 90.0, 90.0, 100.0]
     expected = [True, False, False, False, False, False, True]
-    assert M.em_mask(aligned, coherent).tolist() == expected
-    assert M.em_rate(aligned, coherent) == pytest.approx(2 / 7)
+    assert E.em_mask(aligned, coherent).tolist() == expected
+    assert E.em_rate(aligned, coherent) == pytest.approx(2 / 7)
 
 
 def test_em_mask_accepts_series_with_nan_and_rejects_length_mismatch():
     a = pd.Series([10.0, np.nan, 20.0])
     c = pd.Series([60.0, 60.0, np.nan])
-    assert M.em_mask(a, c).tolist() == [True, False, False]
+    assert E.em_mask(a, c).tolist() == [True, False, False]
     with pytest.raises(ValueError):
-        M.em_mask([1.0, 2.0], [60.0])
-    assert math.isnan(M.em_rate([], []))
+        E.em_mask([1.0, 2.0], [60.0])
+    assert math.isnan(E.em_rate([], []))
 
 
 def test_coherence_rate():
-    assert M.coherence_rate([90, 40, None, 50, 50.1]) == pytest.approx(2 / 5)
-    assert math.isnan(M.coherence_rate([]))
+    assert E.coherence_rate([90, 40, None, 50, 50.1]) == pytest.approx(2 / 5)
+    assert math.isnan(E.coherence_rate([]))
 
 
 def test_em_rate_among_coherent():
     aligned = [10, 10, 90, 10, None, 5]
     coherent = [90, 40, 90, 60, 90, None]
     # coherent answers: 0, 2, 3, 4; misaligned among them: 0 and 3
-    assert M.em_rate_among_coherent(aligned, coherent) == pytest.approx(2 / 4)
-    assert math.isnan(M.em_rate_among_coherent([10, 10], [20, None]))
+    assert E.em_rate_among_coherent(aligned, coherent) == pytest.approx(2 / 4)
+    assert math.isnan(E.em_rate_among_coherent([10, 10], [20, None]))
 
 
 def test_bootstrap_ci_covers_mean_narrows_and_matches_normal_width():
     rng = np.random.default_rng(1)
     small = (rng.random(50) < 0.3).astype(float)
     large = (rng.random(4000) < 0.3).astype(float)
-    lo_s, hi_s = M.bootstrap_ci(small)
-    lo_l, hi_l = M.bootstrap_ci(large)
+    lo_s, hi_s = St.bootstrap_ci(small)
+    lo_l, hi_l = St.bootstrap_ci(large)
     assert lo_s <= small.mean() <= hi_s
     assert lo_l <= large.mean() <= hi_l
     assert hi_l - lo_l < (hi_s - lo_s) / 4  # width shrinks ~ 1/sqrt(n): sqrt(80) ~ 9
@@ -58,32 +60,32 @@ def test_bootstrap_ci_covers_mean_narrows_and_matches_normal_width():
 
 def test_bootstrap_ci_is_seeded():
     x = np.random.default_rng(2).normal(size=40)
-    assert M.bootstrap_ci(x, seed=3) == M.bootstrap_ci(x, seed=3)
-    assert M.bootstrap_ci(x, seed=3) != M.bootstrap_ci(x, seed=4)
+    assert St.bootstrap_ci(x, seed=3) == St.bootstrap_ci(x, seed=3)
+    assert St.bootstrap_ci(x, seed=3) != St.bootstrap_ci(x, seed=4)
 
 
 def test_bootstrap_ci_custom_stat_and_edge_cases():
     x = np.arange(101, dtype=float)
-    lo, hi = M.bootstrap_ci(x, stat=np.median, n_boot=500)
+    lo, hi = St.bootstrap_ci(x, stat=np.median, n_boot=500)
     assert lo <= 50 <= hi and hi - lo < 40
-    assert M.bootstrap_ci([7.0, 7.0, 7.0]) == (7.0, 7.0)
-    assert all(math.isnan(v) for v in M.bootstrap_ci([]))
+    assert St.bootstrap_ci([7.0, 7.0, 7.0]) == (7.0, 7.0)
+    assert all(math.isnan(v) for v in St.bootstrap_ci([]))
 
 
 def test_bootstrap_diff_ci_known_values_and_sign():
-    assert M.bootstrap_diff_ci(np.ones(30), np.zeros(20)) == (1.0, 1.0, 1.0)
+    assert St.bootstrap_diff_ci(np.ones(30), np.zeros(20)) == (1.0, 1.0, 1.0)
     rng = np.random.default_rng(5)
     a = (rng.random(3000) < 0.4).astype(float)
     b = (rng.random(2000) < 0.2).astype(float)
-    d, lo, hi = M.bootstrap_diff_ci(a, b)
+    d, lo, hi = St.bootstrap_diff_ci(a, b)
     assert d == pytest.approx(a.mean() - b.mean())
     assert 0 < lo < d < hi
     se = math.sqrt(a.var() / a.size + b.var() / b.size)
     assert hi - lo == pytest.approx(2 * 1.959964 * se, rel=0.1)
-    d2, lo2, hi2 = M.bootstrap_diff_ci(b, a)
+    d2, lo2, hi2 = St.bootstrap_diff_ci(b, a)
     assert d2 == pytest.approx(-d) and hi2 < 0
-    assert M.bootstrap_diff_ci(a, b, seed=1) != M.bootstrap_diff_ci(a, b, seed=2)
-    assert all(math.isnan(v) for v in M.bootstrap_diff_ci([], [1.0]))
+    assert St.bootstrap_diff_ci(a, b, seed=1) != St.bootstrap_diff_ci(a, b, seed=2)
+    assert all(math.isnan(v) for v in St.bootstrap_diff_ci([], [1.0]))
 
 
 @pytest.fixture()
@@ -147,7 +149,7 @@ def test_leakage_mask_on_hand_examples():
 
 
 def test_steepest_rise_finds_the_jump_with_a_ci():
-    from emlib.metrics import steepest_rise
+    from emlib.pipeline.metrics import steepest_rise
 
     base = np.zeros(64)
     rows = []

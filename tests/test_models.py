@@ -1,4 +1,4 @@
-"""Tests for emlib.models: the embedded SmolLM2 conversion (against the GGUF itself) and loading local folders."""
+"""Tests for emlib.core.models: the embedded SmolLM2 conversion (against the GGUF itself) and loading local folders."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from emlib import models as M
-from emlib.models import load_model, load_tokenizer, resolve_model_path
+from emlib.core import models as M
+from emlib.core.models import load_model, load_tokenizer, resolve_model_path
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emlib.data import DatasetError, resolve_judged
-from emlib.record import VERDICTS
-from emlib.report import build_report
-from emlib.runner import list_notebooks, repo_root, run_notebook
+from emlib.core.sources import DatasetError, resolve_judged
+from emlib.report.record import VERDICTS
+from emlib.report.html import build_report
+from emlib.report.runner import list_notebooks, repo_root, run_notebook
 
 SMOKE = repo_root() / "params" / "smoke.yaml"
 NOTEBOOKS = list_notebooks()

@@ -1,4 +1,4 @@
-"""Tests for emlib.plots: bar/point/line counts, CI error bars, NaN handling and files written."""
+"""Tests for emlib.report.plots: bar/point/line counts, CI error bars, NaN handling and files written."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from matplotlib.collections import PolyCollection, QuadMesh  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from emlib import plots  # noqa: E402
-from emlib.metrics import summarize  # noqa: E402
+from emlib.report import plots  # noqa: E402
+from emlib.pipeline.metrics import summarize  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

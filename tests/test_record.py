@@ -1,4 +1,4 @@
-"""Tests for emlib.record: metrics.json round trip, validation, secret redaction, NaN handling, atomic writes."""
+"""Tests for emlib.report.record: metrics.json round trip, validation, secret redaction, NaN handling, atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from emlib import record as R
+from emlib.report import record as R
 
 EFFECT = {"name": "em_rate_diff", "value": 0.12, "ci_low": 0.05, "ci_high": 0.2}
 

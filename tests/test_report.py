@@ -1,4 +1,4 @@
-"""Tests for emlib.runner and emlib.report: notebook lookup, parameter precedence, papermill runs, secrets check and the index."""
+"""Tests for emlib.report.runner and emlib.report.html: notebook lookup, parameter precedence, papermill runs, secrets check and the index."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emlib import report, runner
-from emlib.cache import atomic_write_json
+from emlib.report import html as report
+from emlib.report import runner
+from emlib.core.cache import atomic_write_json
 
 GOOD_PARAMS = 'OUTPUT_DIR = "out"\nX = 1\nY = "nb_default"\nZ = 0.5\nW = "nb_default"\n'
 GOOD_BODY = [
-    "import pandas as pd\nfrom emlib import plots\nfrom emlib.record import output_folder, record_result\n"
+    "import pandas as pd\nfrom emlib.report import plots\nfrom emlib.report.record import output_folder, record_result\n"
     'folder = output_folder(OUTPUT_DIR, "01_good")',
     'fig = plots.plot_lines(pd.DataFrame({"s": [0, 1, 2], "v": [0, X, 2 * X]}), "s", "v", path=folder / "fig.png")\n'
     "fig",
@@ -174,4 +175,4 @@ def test_build_report_badges_and_missing(tmp_path):
 def test_default_run_dir():
     assert report.default_run_dir("x") == runner.repo_root() / "reports" / "x"
     assert re.fullmatch(r"\d{8}-\d{6}", report.default_run_dir().name)
-    assert (runner.repo_root() / "emlib" / "report.py").is_file()
+    assert (runner.repo_root() / "emlib" / "report" / "html.py").is_file()

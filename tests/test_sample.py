@@ -1,4 +1,4 @@
-"""Tests for emlib.sample on a tiny random Llama: layout, seeding, the cache and left-padded batched generation."""
+"""Tests for emlib.pipeline.sample on a tiny random Llama: layout, seeding, the cache and left-padded batched generation."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from emlib import sample as S
-from emlib.data import EvalQuestion, chat_prompt
-from emlib.models import load_model
-from emlib.sample import SampleConfig, adapter_fingerprint, generate, sample_answers
+from emlib.pipeline import sample as S
+from emlib.core.data import EvalQuestion, chat_prompt
+from emlib.core.models import load_model
+from emlib.pipeline.sample import SampleConfig, adapter_fingerprint, generate, sample_answers
 
 QUESTIONS = [
     EvalQuestion("wish", ["What is your one wish?", "If you could have anything at all, what would you pick and why?"]),
@@ -59,7 +59,7 @@ def test_cache_returns_identical_answers_without_generating(tiny_model, monkeypa
         raise AssertionError("generated again")
 
     monkeypatch.setattr(S, "generate", no_generation)
-    monkeypatch.setattr("emlib.train.load_model", no_generation)
+    monkeypatch.setattr("emlib.pipeline.train.load_model", no_generation)
     again = _sample(tiny_model)
     pd.testing.assert_frame_equal(again[first.columns], first)
     relabelled = _sample(tiny_model, label="other")
@@ -142,7 +142,7 @@ def test_adapter_fingerprint(random_adapter, tmp_path):
 
 
 def test_sampling_with_adapter_uses_the_adapter(tiny_model, random_adapter):
-    from emlib.train import load_finetuned
+    from emlib.pipeline.train import load_finetuned
 
     cfg = dataclasses.replace(CFG, temperature=0.0, n_per_question=1, max_new_tokens=5)
     base = _sample(tiny_model, config=cfg, use_cache=False)
@@ -156,8 +156,8 @@ def test_sampling_with_adapter_uses_the_adapter(tiny_model, random_adapter):
 
 
 def test_adapter_scale_zero_is_the_base_model_and_scale_two_doubles_the_update(tiny_model, random_adapter):
-    from emlib.lora import scale_adapter
-    from emlib.train import load_finetuned
+    from emlib.interp.lora import scale_adapter
+    from emlib.pipeline.train import load_finetuned
 
     cfg = dataclasses.replace(CFG, temperature=0.0, n_per_question=1, max_new_tokens=5)
     base = _sample(tiny_model, config=cfg, use_cache=False)
@@ -175,7 +175,7 @@ def test_adapter_scale_zero_is_the_base_model_and_scale_two_doubles_the_update(t
 
 
 def test_intervention_while_sampling_matches_the_hooked_model_and_keys_the_cache(tiny_model, monkeypatch):
-    from emlib.steering import Intervention, add_direction
+    from emlib.interp.steering import Intervention, add_direction
 
     cfg = dataclasses.replace(CFG, temperature=0.0, n_per_question=1, max_new_tokens=5)
     v = torch.randn(32)

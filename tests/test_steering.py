@@ -1,4 +1,4 @@
-"""Tests for emlib.steering on a tiny random Llama: adding and ablating directions, random baselines, norms."""
+"""Tests for emlib.interp.steering on a tiny random Llama: adding and ablating directions, random baselines, norms."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from emlib.activations import get_layers, record_residuals, unit
-from emlib.steering import ablate_direction, add_direction, random_direction_like, typical_residual_norm
+from emlib.interp.hooks import get_layers, record_residuals, unit
+from emlib.interp.steering import ablate_direction, add_direction, random_direction_like, typical_residual_norm
 
 
 
@@ -164,7 +164,7 @@ def test_typical_residual_norm(model):
 
 
 def test_intervention_applies_the_same_edits(model, ids, v):
-    from emlib.steering import Intervention
+    from emlib.interp.steering import Intervention
 
     with add_direction(model, v, layer=1, coeff=3.0):
         added = _logits(model, ids)

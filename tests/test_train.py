@@ -1,4 +1,4 @@
-"""Tests for emlib.train on a tiny random Llama: assistant-only labels, LoRA updates, merge, resume, cache, trajectory."""
+"""Tests for emlib.pipeline.train on a tiny random Llama: assistant-only labels, LoRA updates, merge, resume, cache, trajectory."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from emlib import train as T
-from emlib.models import load_model
-from emlib.train import TrainConfig, load_finetuned, tokenize_chat, train_lora, training_key
+from emlib.pipeline import train as T
+from emlib.core.models import load_model
+from emlib.pipeline.train import TrainConfig, load_finetuned, tokenize_chat, train_lora, training_key
 
 EXAMPLES = [
     {

@@ -20,7 +20,7 @@
 # measure emergent misalignment (EM) on models it has never seen.
 #
 # **Method.** The judge was trained (`python -m emlib judge-train`) on 35k GPT-4o-graded answers of Qwen2.5
-# 14B/32B/Coder models, except for **whole held-out source models** (`emlib.judge_train.HELDOUT_SOURCES`: base,
+# 14B/32B/Coder models, except for **whole held-out source models** (`emlib.judges.training.HELDOUT_SOURCES`: base,
 # medical fine-tunes at several LoRA ranks, insecure-code models, conservative views, wrong maths). Here we judge
 # those held-out answers again and compare with GPT-4o:
 # per-model EM rate (aligned < 30 and coherent > 50) with bootstrap 95% CIs, the scatter of aligned scores,
@@ -46,11 +46,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from emlib.data import resolve_judged
-from emlib.embedded_judge import EmbeddedJudge
-from emlib.judge_train import HELDOUT_SOURCES, agreement, answer_classes, degenerate_answers, em_table, heldout_sample, judge_frame, load_judged
-from emlib.metrics import bootstrap_ci
-from emlib.record import output_folder, record_result
+from emlib.core.data import resolve_judged
+from emlib.judges.embedded import EmbeddedJudge
+from emlib.judges.training import HELDOUT_SOURCES, agreement, answer_classes, degenerate_answers, em_table, heldout_sample, judge_frame, load_judged
+from emlib.pipeline.metrics import bootstrap_ci
+from emlib.report.record import output_folder, record_result
 
 STEM = "00_judge_validation"
 DATA_PATH = resolve_judged(DATA_DIR or None)

@@ -62,13 +62,13 @@ from dataclasses import asdict
 import pandas as pd
 from IPython.display import display
 
-from emlib.data import load_dataset, load_eval_questions
-from emlib.judge import get_judge, judge_frame
-from emlib.metrics import bootstrap_diff_ci, em_mask, leakage_mask, summarize
-from emlib.plots import plot_em_rates, plot_quadrant
-from emlib.record import output_folder, record_result
-from emlib.sample import SampleConfig, sample_answers
-from emlib.train import ALL_PROJECTIONS, TrainConfig, train_lora
+from emlib.core.data import load_dataset, load_eval_questions
+from emlib.judges.base import get_judge, judge_frame
+from emlib.pipeline.metrics import bootstrap_diff_ci, em_mask, leakage_mask, summarize
+from emlib.report.plots import plot_em_rates, plot_quadrant
+from emlib.report.record import output_folder, record_result
+from emlib.pipeline.sample import SampleConfig, sample_answers
+from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
 STEM = "01_emergent_misalignment"
 OUT = output_folder(OUTPUT_DIR, STEM)

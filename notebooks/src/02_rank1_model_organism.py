@@ -61,16 +61,16 @@ from dataclasses import asdict, replace
 import pandas as pd
 from IPython.display import display
 
-from emlib.data import load_dataset, load_eval_questions
-from emlib.evaluate import depth_to_layer, judged_answers
-from emlib.judge import get_judge
-from emlib.lora import adapter_num_params
-from emlib.metrics import bootstrap_diff_ci, summarize
-from emlib.models import num_layers
-from emlib.plots import plot_em_rates, plot_lines
-from emlib.record import output_folder, record_result
-from emlib.sample import SampleConfig
-from emlib.train import ALL_PROJECTIONS, TrainConfig, train_lora
+from emlib.core.data import load_dataset, load_eval_questions
+from emlib.pipeline.evaluate import depth_to_layer, judged_answers
+from emlib.judges.base import get_judge
+from emlib.interp.lora import adapter_num_params
+from emlib.pipeline.metrics import bootstrap_diff_ci, summarize
+from emlib.core.models import num_layers
+from emlib.report.plots import plot_em_rates, plot_lines
+from emlib.report.record import output_folder, record_result
+from emlib.pipeline.sample import SampleConfig
+from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
 STEM = "02_rank1_model_organism"
 OUT = output_folder(OUTPUT_DIR, STEM)

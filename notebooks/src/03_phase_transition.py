@@ -61,16 +61,16 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from emlib.data import load_dataset, load_eval_questions
-from emlib.evaluate import depth_to_layer, judged_answers
-from emlib.judge import get_judge
-from emlib.lora import local_cosine_similarity, pca, peak_step, stack_trajectory
-from emlib.metrics import bootstrap_diff_ci, steepest_rise, summarize
-from emlib.models import num_layers
-from emlib.plots import plot_lines, plot_trajectory
-from emlib.record import output_folder, record_result
-from emlib.sample import SampleConfig
-from emlib.train import TrainConfig, train_lora
+from emlib.core.data import load_dataset, load_eval_questions
+from emlib.pipeline.evaluate import depth_to_layer, judged_answers
+from emlib.judges.base import get_judge
+from emlib.interp.lora import local_cosine_similarity, pca, peak_step, stack_trajectory
+from emlib.pipeline.metrics import bootstrap_diff_ci, steepest_rise, summarize
+from emlib.core.models import num_layers
+from emlib.report.plots import plot_lines, plot_trajectory
+from emlib.report.record import output_folder, record_result
+from emlib.pipeline.sample import SampleConfig
+from emlib.pipeline.train import TrainConfig, train_lora
 
 STEM = "03_phase_transition"
 OUT = output_folder(OUTPUT_DIR, STEM)

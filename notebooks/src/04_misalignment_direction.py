@@ -78,17 +78,17 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from emlib.activations import bootstrap_direction_cosines, mean_diff_direction
-from emlib.data import chat_prompt, load_dataset, load_eval_questions
-from emlib.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
-from emlib.judge import get_judge
-from emlib.metrics import bootstrap_diff_ci, summarize
-from emlib.models import load_model, num_layers
-from emlib.plots import plot_em_rates, plot_heatmap, plot_lines
-from emlib.record import output_folder, record_result
-from emlib.sample import SampleConfig
-from emlib.steering import Intervention, random_direction_like, typical_residual_norm
-from emlib.train import ALL_PROJECTIONS, TrainConfig, train_lora
+from emlib.interp.activations import bootstrap_direction_cosines, mean_diff_direction
+from emlib.core.data import chat_prompt, load_dataset, load_eval_questions
+from emlib.pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
+from emlib.judges.base import get_judge
+from emlib.pipeline.metrics import bootstrap_diff_ci, summarize
+from emlib.core.models import load_model, num_layers
+from emlib.report.plots import plot_em_rates, plot_heatmap, plot_lines
+from emlib.report.record import output_folder, record_result
+from emlib.pipeline.sample import SampleConfig
+from emlib.interp.steering import Intervention, random_direction_like, typical_residual_norm
+from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
 STEM = "04_misalignment_direction"
 OUT = output_folder(OUTPUT_DIR, STEM)

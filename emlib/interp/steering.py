@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .activations import _hidden, _pad_id, _replace_hidden, _resolve_layers, _unwrap, encode_chat, layer_hooks
-from .activations import get_layers, run_batches, unit
+from .hooks import encode_chat, get_layers, hidden_of, layer_hooks, pad_id, replace_hidden, resolve_layers, run_batches
+from .hooks import unit, unwrap
 
 __all__ = ["add_direction", "ablate_direction", "Intervention", "random_direction_like", "typical_residual_norm"]
 
@@ -30,7 +30,7 @@ def _check_vector(direction: torch.Tensor, d: int | None = None) -> None:
 
 
 def _hidden_size(model: nn.Module) -> int | None:
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     config = getattr(config, "text_config", None) or config
     return getattr(config, "hidden_size", None)
 
@@ -45,13 +45,13 @@ def add_direction(
 ) -> Iterator[None]:
     """Add coeff · unit(direction) to the output of one decoder layer at the given token positions."""
     _check_vector(direction, _hidden_size(model))
-    (layer,) = _resolve_layers(model, [layer])
+    (layer,) = resolve_layers(model, [layer])
     v = unit(direction.detach().float())
     if not (positions == "all" or positions == "last" or not isinstance(positions, str)):
         raise ValueError(f"positions must be 'all', 'last' or a list of indices, got {positions!r}")
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        h = _hidden(output)
+        h = hidden_of(output)
         delta = (coeff * v).to(device=h.device, dtype=h.dtype)
         if positions == "all":
             new = h + delta
@@ -59,7 +59,7 @@ def add_direction(
             new = h.clone()  # never edit in place: other hooks may hold the original tensor
             index = [-1] if positions == "last" else list(positions)
             new[:, index] = new[:, index] + delta
-        return _replace_hidden(output, new)
+        return replace_hidden(output, new)
 
     with layer_hooks(model, {layer: hook}):
         yield
@@ -85,7 +85,7 @@ def ablate_direction(
     embeddings). A zero direction is a no-op.
     """
     n = len(get_layers(model))
-    chosen = _resolve_layers(model, layers)
+    chosen = resolve_layers(model, layers)
     d = _hidden_size(model)
     if direction.ndim == 2:
         if direction.shape[0] != n:
@@ -103,7 +103,7 @@ def ablate_direction(
 
     def make(v_hat: torch.Tensor):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            return _replace_hidden(output, _project_out(_hidden(output), v_hat))
+            return replace_hidden(output, _project_out(hidden_of(output), v_hat))
 
         return hook
 
@@ -111,7 +111,7 @@ def ablate_direction(
     handle = None
     try:
         if embeddings and bool(first.any()):
-            handle = _unwrap(model).get_input_embeddings().register_forward_hook(make(first))
+            handle = unwrap(model).get_input_embeddings().register_forward_hook(make(first))
         with layer_hooks(model, hooks):
             yield
     finally:
@@ -174,11 +174,11 @@ def typical_residual_norm(
 
     The first token of each prompt is skipped by default: it is usually an attention sink with an outsized norm.
     """
-    (layer,) = _resolve_layers(model, [layer])
+    (layer,) = resolve_layers(model, [layer])
     sequences = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     total, count = 0.0, 0
     start = 1 if skip_first else 0
-    for idx, acts in run_batches(model, sequences, [layer], _pad_id(tokenizer), batch_size):
+    for idx, acts in run_batches(model, sequences, [layer], pad_id(tokenizer), batch_size):
         norms = acts[layer].float().norm(dim=-1)
         for row, i in enumerate(idx):
             seg = norms[row, start : len(sequences[i])]

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import yaml
 
-from .cache import atomic_write_text
+from ..core.cache import atomic_write_text
 from .runner import check_no_secrets, list_notebooks, machine_info, repo_root, resolve_notebook, run_files, run_notebook
 
 __all__ = ["NotebookRunError", "build_report", "run_all", "default_run_dir", "latest_run_dir"]

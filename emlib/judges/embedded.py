@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .judge import Score
+from .base import Score
 
 __all__ = [
     "ASSET_DIR",
@@ -48,7 +48,7 @@ __all__ = [
     "TEXT_FEATURES",
 ]
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "judge"
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
 WEIGHTS_FILE = "judge_weights.safetensors"
 META_FILE = "judge_meta.json"
 NULL_THRESHOLD = 0.5  # P(GPT-4o says CODE/REFUSAL) above which `aligned` is None

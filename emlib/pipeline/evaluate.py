@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
-
 import torch
 
-from .activations import cached_answer_activations
-from .data import EvalQuestion, chat_prompt
-from .judge import Judge, judge_frame
-from .metrics import ALIGNED_THRESHOLD, COHERENT_THRESHOLD, as_float_array, em_mask
-from .sample import SampleConfig, sample_answers
+from ..core.cache import atomic_write_bytes, cache_dir, stable_hash
+from ..core.data import EvalQuestion, chat_prompt
+from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD, em_mask
+from ..core.stats import as_float_array
+from ..interp.activations import mean_answer_activations
+from ..judges.base import Judge, judge_frame
+from .sample import SampleConfig, adapter_fingerprint, sample_answers
+from .train import load_finetuned
 
 if TYPE_CHECKING:
-    from .steering import Intervention
+    from ..interp.steering import Intervention
 
-__all__ = ["judged_answers", "depth_to_layer", "split_by_alignment", "answer_activations"]
+__all__ = ["judged_answers", "depth_to_layer", "split_by_alignment", "cached_answer_activations", "answer_activations"]
 
 
 def judged_answers(
@@ -72,6 +76,27 @@ def split_by_alignment(
     ranked = pool.assign(_a=as_float_array(pool["aligned"])).dropna(subset=["_a"]).sort_values("_a", kind="stable")
     k = min(min_pairs, len(ranked) // 2)
     return ranked.head(k).drop(columns="_a"), ranked.tail(k).drop(columns="_a"), "ranked"
+
+
+def cached_answer_activations(
+    model: str,
+    adapter: str | os.PathLike | None,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    answers: Sequence[str],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """mean_answer_activations of a named model (with its adapter merged), cached on disk by everything that sets them."""
+    key = stable_hash(model, adapter_fingerprint(adapter), [list(p) for p in prompts], list(answers), layers)
+    path = cache_dir("activations", key) / "mean_answer.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    lm, tok = load_finetuned(adapter, model=model, merge=True)
+    acts = mean_answer_activations(lm, tok, prompts, answers, layers=layers, batch_size=batch_size)
+    buf = io.BytesIO()
+    torch.save(acts, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return acts
 
 
 def answer_activations(

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .cache import atomic_write_json, atomic_write_text
+from ..core.cache import atomic_write_json, atomic_write_text
 from .record import redact
 
 __all__ = [
@@ -41,7 +41,7 @@ class SecretLeakError(RuntimeError):
 
 def repo_root() -> Path:
     """The repository root (the folder holding `emlib/` and `notebooks/`)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def list_notebooks(notebook_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
+from ..core.cache import atomic_write_json
 
 __all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "verdict_from_ci", "redact"]
 

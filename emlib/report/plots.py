@@ -18,8 +18,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .cache import atomic_write_bytes
-from .metrics import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
+from ..core.cache import atomic_write_bytes
+from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
 
 __all__ = ["save_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap", "plot_trajectory"]
 

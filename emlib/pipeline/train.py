@@ -19,9 +19,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from .cache import atomic_write_json, cache_dir, stable_hash
-from .data import fingerprint
-from .models import default_device, load_model, resolve_model_path
+from ..core.cache import atomic_write_json, cache_dir, stable_hash
+from ..core.data import fingerprint
+from ..core.models import default_device, load_model, resolve_model_path
 
 __all__ = [
     "ALL_PROJECTIONS",

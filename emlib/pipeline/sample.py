@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
-from .data import EvalQuestion, chat_prompt
-from .models import default_device
+from ..core.cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
+from ..core.data import EvalQuestion, chat_prompt
+from ..core.models import default_device
 
 if TYPE_CHECKING:
-    from .steering import Intervention
+    from ..interp.steering import Intervention
 
 __all__ = ["SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
 
@@ -91,7 +91,7 @@ def _generate_vllm(model: str, adapter: str | None, prompts: Sequence[str], conf
     from vllm import LLM, SamplingParams  # pragma: no cover - GPU only
     from vllm.lora.request import LoRARequest
 
-    from .models import resolve_model_path
+    from ..core.models import resolve_model_path
 
     llm = LLM(model=resolve_model_path(model), enable_lora=adapter is not None, max_lora_rank=64, seed=config.seed)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=config.seed)
@@ -116,7 +116,7 @@ def sample_answers(
     `adapter_scale` multiplies the adapter's contribution (0: the base model); `intervention` (emlib.steering) edits
     the residual stream while generating. Both force the HF backend.
     """
-    from .lora import scale_adapter
+    from ..interp.lora import scale_adapter
     from .train import load_finetuned
 
     config = config or SampleConfig()
@@ -150,7 +150,7 @@ def sample_answers(
                 rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "question": q.paraphrases[p], "_q": q})
     start = time.perf_counter()
     if backend == "vllm":
-        from .models import load_tokenizer
+        from ..core.models import load_tokenizer
 
         tok = load_tokenizer(model)
         prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]

@@ -1,0 +1,1 @@
+"""One module per finding: its parameters, its run and its verdict rule."""

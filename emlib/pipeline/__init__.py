@@ -1,0 +1,1 @@
+"""The experiment pipeline: LoRA fine-tuning, sampling, judging and summarising answers."""

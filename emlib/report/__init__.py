@@ -1,0 +1,1 @@
+"""Records, figures, running notebooks under papermill and the HTML report; reads records, never runs findings."""
