@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from transformers import TrainerCallback
 from safetensors.torch import load_file
 
 from emlib.pipeline import train as T
@@ -218,13 +219,18 @@ def test_training_key_changes_with_every_input(tiny_model):
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_model, tmp_path, monkeypatch):
-    cfg = dataclasses.replace(CFG, max_steps=6)
+    cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3)
     monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "A"))
     straight = train_lora(EXAMPLES, cfg, model=tiny_model, progress=False)
 
     monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "B"))
+    class KillAfterSave(TrainerCallback):  # a kill right after the step-3 checkpoint is written
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= 3:
+                raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        train_lora(EXAMPLES, cfg, model=tiny_model, progress=False, stop_after_steps=3)
+        train_lora(EXAMPLES, cfg, model=tiny_model, progress=False, callbacks=[KillAfterSave()])
     run = tmp_path / "B" / "adapters" / training_key(tiny_model, EXAMPLES, cfg)
     assert not (run / "result.json").exists()
     assert [p.name for p in (run / "work").glob("checkpoint-*")] == ["checkpoint-3"]

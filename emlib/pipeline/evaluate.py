@@ -13,6 +13,7 @@ import torch
 from ..core.cache import atomic_write_bytes, cache_dir, stable_hash
 from ..core.data import EvalQuestion, chat_prompt
 from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD, em_mask
+from ..core.models import default_device, default_dtype
 from ..core.stats import as_float_array
 from ..interp.activations import mean_answer_activations
 from ..judges.base import Judge, judge_frame
@@ -21,6 +22,8 @@ from .train import load_finetuned
 
 if TYPE_CHECKING:
     from ..interp.steering import Intervention
+
+ACTIVATIONS_VERSION = "activations-2"  # bump when the activation capture changes
 
 __all__ = ["judged_answers", "depth_to_layer", "split_by_alignment", "cached_answer_activations", "answer_activations"]
 
@@ -87,7 +90,9 @@ def cached_answer_activations(
     batch_size: int = 8,
 ) -> torch.Tensor:
     """mean_answer_activations of a named model (with its adapter merged), cached on disk by everything that sets them."""
-    key = stable_hash(model, adapter_fingerprint(adapter), [list(p) for p in prompts], list(answers), layers)
+    device = default_device()
+    key = stable_hash(model, adapter_fingerprint(adapter), [list(p) for p in prompts], list(answers), layers, device,
+                      str(default_dtype(device)), ACTIVATIONS_VERSION)
     path = cache_dir("activations", key) / "mean_answer.pt"
     if path.exists():
         return torch.load(path, weights_only=True)

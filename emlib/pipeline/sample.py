@@ -15,12 +15,14 @@ from tqdm.auto import tqdm
 
 from ..core.cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
 from ..core.data import EvalQuestion, chat_prompt
-from ..core.models import default_device
+from ..core.models import default_device, default_dtype
 
 if TYPE_CHECKING:
     from ..interp.steering import Intervention
 
-__all__ = ["SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
+SAMPLE_VERSION = "sample-2"  # bump when a change to sampling changes its answers: old cache entries retire
+
+__all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
 
 
 @dataclass
@@ -134,8 +136,10 @@ def sample_answers(
         edits["adapter_scale"] = float(adapter_scale)
     if intervention is not None:
         edits["intervention"] = intervention.fingerprint()
+    device = default_device()
     key = stable_hash(
-        model, adapter_fingerprint(adapter), spec, {**asdict(config), "backend": backend}, *([edits] if edits else [])
+        model, adapter_fingerprint(adapter), spec, {**asdict(config), "backend": backend}, *([edits] if edits else []),
+        device, str(default_dtype(device)), SAMPLE_VERSION,
     )
     path = cache_dir("samples", key) / "answers.jsonl"
     if use_cache and path.exists():

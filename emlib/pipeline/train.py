@@ -21,10 +21,11 @@ from transformers import (
 
 from ..core.cache import atomic_write_json, cache_dir, stable_hash
 from ..core.data import fingerprint
-from ..core.models import default_device, load_model, resolve_model_path
+from ..core.models import default_device, default_dtype, load_model, resolve_model_path
 
 __all__ = [
     "ALL_PROJECTIONS",
+    "TRAIN_VERSION",
     "TrainConfig",
     "TrainResult",
     "tokenize_chat",
@@ -33,6 +34,7 @@ __all__ = [
     "load_finetuned",
 ]
 
+TRAIN_VERSION = "train-2"  # bump when a change to the trainer changes what it produces: old cache entries retire
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -104,9 +106,11 @@ def tokenize_chat(
 
 
 def training_key(model: str, examples: Sequence[dict], config: TrainConfig) -> str:
-    """The cache key of a fine-tune: model + data fingerprint + config."""
+    """The cache key of a fine-tune: model, data fingerprint, config, device, dtype and the trainer's version."""
     model_id = Path(resolve_model_path(model)).name if Path(resolve_model_path(model)).exists() else model
-    return stable_hash(model, model_id, fingerprint(list(examples)), asdict(config))
+    device = default_device()
+    return stable_hash(model, model_id, fingerprint(list(examples)), asdict(config), device, str(default_dtype(device)),
+                       TRAIN_VERSION)
 
 
 class _TrajectoryCallback(TrainerCallback):
@@ -153,9 +157,12 @@ def train_lora(
     model: str = "smollm2-135m",
     progress: bool = True,
     use_cache: bool = True,
-    stop_after_steps: int | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on chat examples, resuming from the last checkpoint and caching the result."""
+    """Fine-tune a LoRA adapter on chat examples, resuming from the last checkpoint and caching the result.
+
+    `callbacks` are extra transformers TrainerCallbacks (they must not change what is trained: they are not in the key).
+    """
     config = config or TrainConfig()
     key = training_key(model, examples, config)
     run = cache_dir("adapters", key)
@@ -194,9 +201,7 @@ def train_lora(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory")]
-    if stop_after_steps is not None:
-        callbacks.append(_StopAfter(stop_after_steps))
+    callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory"), *callbacks]
     trainer = Trainer(
         model=peft_model,
         args=args,
@@ -208,8 +213,6 @@ def train_lora(
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     wall = time.perf_counter() - start
-    if stop_after_steps is not None and trainer.state.global_step < trainer.state.max_steps:
-        raise KeyboardInterrupt(f"stopped after step {trainer.state.global_step} (stop_after_steps)")
     log = [
         {k: v for k, v in row.items() if k in ("step", "loss", "grad_norm", "learning_rate", "epoch")}
         for row in trainer.state.log_history
@@ -222,19 +225,6 @@ def train_lora(
     )
     shutil.rmtree(work, ignore_errors=True)
     return _read_result(run, from_cache=False)
-
-
-class _StopAfter(TrainerCallback):
-    """Simulates a kill after N steps (used by the resume test)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step >= self.steps:
-            control.should_training_stop = True
-            control.should_save = True
-        return control
 
 
 def load_finetuned(adapter: str | Path | TrainResult | None, model: str = "smollm2-135m", merge: bool = False):
