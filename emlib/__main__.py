@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
+
+from .core.errors import UserError
 
 __all__ = ["main"]
 
@@ -17,13 +20,19 @@ def _overrides(pairs: Sequence[Sequence[str]] | None) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .findings import validate
     from .report.html import build_report, default_run_dir
-    from .report.runner import run_notebook
+    from .report.runner import resolve_notebook, resolve_parameters, run_notebook
 
+    overrides = _overrides(args.param)
+    notebooks = [resolve_notebook(key) for key in args.notebooks]
+    for nb in notebooks:  # every notebook named is checked before the first one runs
+        _, resolved, _ = resolve_parameters(nb, args.params_file, overrides)
+        validate(nb.stem, {k: v for k, v in resolved.items() if k != "OUTPUT_DIR"})
     run_dir = default_run_dir(args.run)
     status = 0
-    for key in args.notebooks:
-        result = run_notebook(key, run_dir, params_file=args.params_file, overrides=_overrides(args.param))
+    for nb in notebooks:
+        result = run_notebook(nb, run_dir, params_file=args.params_file, overrides=overrides, validate=validate)
         print(json.dumps({k: result.get(k) for k in ("stem", "status", "wall_time_s", "executed", "error")}, default=str))
         status |= result["status"] != "ok"
     print(build_report(run_dir))
@@ -31,6 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .findings import validate
     from .report.html import NotebookRunError, build_report, default_run_dir, run_all
 
     run_dir = default_run_dir(args.run)
@@ -38,7 +48,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(build_report(run_dir))
         return 0
     try:
-        index = run_all(run_dir, params_file=args.params_file, overrides=_overrides(args.param), only=args.only or None)
+        index = run_all(run_dir, params_file=args.params_file, overrides=_overrides(args.param), only=args.only or None,
+                        validate=validate)
     except NotebookRunError as e:
         print(f"report written with failures: {e}", file=sys.stderr)
         return 1
@@ -153,7 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "judge-train":
         return _cmd_judge_train(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as e:
+        if os.environ.get("EMLIB_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -91,3 +91,35 @@ def test_cli_judge_embedded_end_to_end(tmp_path):
     assert [r["k"] for r in rows] == [1, 2]
     assert all(isinstance(r["coherent"], float) for r in rows)
     assert rows[1]["coherent"] < rows[0]["coherent"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "01", "-p", "NO_SUCH_KEY", "1"], "unknown parameter NO_SUCH_KEY for 01_emergent_misalignment; it takes:"),
+    (["run", "01", "-p", "N_SAMPLEZ", "5"], "N_SAMPLEZ (did you mean N_SAMPLES?)"),
+    (["run", "01", "-p", "N_SAMPLES", "abc"], "parameter N_SAMPLES: expected a whole number, got 'abc'"),
+    (["run", "01", "-p", "N_SAMPLES", "0"], "parameter N_SAMPLES: must be at least 1"),
+    (["run", "01", "-p", "LR", "-1"], "parameter LR: must be greater than 0"),
+    (["run", "01", "-p", "JUDGE_MODEL", "x"], "the embedded judge takes no model"),
+    (["run", "01", "07"], "notebook '07' matches no notebook"),
+    (["run", "02", "-p", "SWEEP_DEPTHS", "0.5,1.5"], "parameter SWEEP_DEPTHS: must be at most 1"),
+    (["report", "-p", "NO_SUCH_KEY", "1"], "no notebook of this run declares it"),
+])
+def test_bad_parameters_stop_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    import emlib.report.html as html
+
+    monkeypatch.setattr(html, "repo_root", lambda: tmp_path)  # run folders would land under tmp_path/reports
+    assert main([*argv, "--run", "x"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith("error: ")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_list_parameters_take_comma_lists(monkeypatch):
+    """`-p SWEEP_DEPTHS 0.5,0.75` reaches the finding as a list of floats (the run itself is stubbed)."""
+    import emlib.report.runner as runner
+    from emlib.__main__ import _overrides
+    from emlib.findings import f02_rank1_model_organism as f02
+
+    values = {**{k: runner._literal(v["default"]) for k, v in __import__("papermill").inspect_notebook(
+        str(runner.resolve_notebook("02"))).items() if k != "OUTPUT_DIR"}, **_overrides([["SWEEP_DEPTHS", "0.5,0.75"]])}
+    assert f02.Params.from_values(values).sweep_depths == [0.5, 0.75]

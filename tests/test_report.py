@@ -11,6 +11,7 @@ import pytest
 
 from emlib.report import html as report
 from emlib.report import runner
+from emlib.core.errors import ParamError
 from emlib.core.cache import atomic_write_json
 
 GOOD_PARAMS = 'OUTPUT_DIR = "out"\nX = 1\nY = "nb_default"\nZ = 0.5\nW = "nb_default"\n'
@@ -45,7 +46,7 @@ def suite(tmp_path_factory):
     _write_nb(nb_dir / "01_good.ipynb", GOOD_PARAMS, GOOD_BODY)
     _write_nb(nb_dir / "02_bad.ipynb", 'OUTPUT_DIR = "out"\n', ['raise RuntimeError("boom from test")'])
     params = root / "params.yaml"
-    params.write_text("defaults: {X: 2, Y: from_defaults, UNDECLARED: 5}\n01_good: {X: 3, Z: 0.25}\n02_bad: {X: 9}\n")
+    params.write_text("defaults: {X: 2, Y: from_defaults, UNDECLARED: 5}\n01_good: {X: 3, Z: 0.25}\n02_bad: {}\n")
     run_dir = root / "run"
     with pytest.raises(report.NotebookRunError) as info:
         report.run_all(run_dir, params_file=params, overrides={"X": 7}, notebook_dir=nb_dir, progress=False)
@@ -102,6 +103,32 @@ def test_run_notebook_direct_without_override(suite, tmp_path):
     assert metrics["metrics"]["x"] == 3 and metrics["effect"]["ci_high"] == 4.0
 
 
+def test_unknown_parameters_fail_before_anything_is_written(suite, tmp_path):
+    nb_dir, run_dir = suite["nb_dir"], tmp_path / "r"
+    with pytest.raises(ParamError, match=r"-p: unknown parameter WW \(did you mean W\?\) for 01_good; it takes: W, X, Y, Z"):
+        runner.run_notebook("1", run_dir, overrides={"WW": 1}, notebook_dir=nb_dir, progress=False)
+    own = tmp_path / "own.yaml"
+    own.write_text("defaults: {ANYTHING: 1}\n01_good: {NOPE: 1}\n")
+    with pytest.raises(ParamError, match="own.yaml section 01_good: unknown parameter NOPE"):
+        runner.run_notebook("1", run_dir, params_file=own, notebook_dir=nb_dir, progress=False)
+    with pytest.raises(ParamError, match="no notebook of this run declares it"):
+        report.run_all(run_dir, overrides={"NOPE": 1}, notebook_dir=nb_dir, progress=False)
+    calls = []
+    with pytest.raises(ParamError, match="vetoed"):
+        report.run_all(run_dir, overrides={"X": 1}, notebook_dir=nb_dir, progress=False,
+                       validate=lambda stem, values: calls.append(stem) or (stem == "02_bad" and _veto()))
+    assert calls == ["01_good", "02_bad"]  # every notebook checked, none run
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("01_good: {X: [1, 2}\n")
+    with pytest.raises(ParamError, match="bad.yaml: line 1 invalid YAML"):
+        runner.run_notebook("1", run_dir, params_file=bad_yaml, notebook_dir=nb_dir, progress=False)
+    assert not run_dir.exists()
+
+
+def _veto():
+    raise ParamError("vetoed")
+
+
 def test_resolve_and_list(tmp_path):
     for name in ("01_alpha.ipynb", "02_beta_gamma.ipynb", "10_delta.ipynb", "notes.ipynb"):
         (tmp_path / name).write_text("{}")
@@ -152,6 +179,7 @@ def test_run_all_refuses_index_on_leak(tmp_path, monkeypatch):
         return {"stem": nb.stem, "status": "ok", "wall_time_s": 0.0, "executed": None, "error": None}
 
     monkeypatch.setattr(report, "run_notebook", fake_run)
+    monkeypatch.setattr(report, "resolve_parameters", lambda nb, *a, **k: ({}, {}, []))
     with pytest.raises(runner.SecretLeakError):
         report.run_all(tmp_path / "run", notebook_dir=tmp_path)
     assert not (tmp_path / "run" / "index.html").exists()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import cache_root, file_fingerprint
+from .errors import UserError
 
 __all__ = [
     "DatasetError", "PublicFile", "resolve_source", "PUBLIC_DATASETS", "PUBLIC_EVAL_FILES", "BUILTIN_DATASETS", "BUILTIN_EVAL",
@@ -27,7 +28,7 @@ _TRAIN_COMMIT = "b8b9e0afd2b92d969a4062c38ba8d2f0ccea3561"
 _EVAL_COMMIT = "26944099b9401b1dfd0aaafb4122a482721e95fb"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset or question file is missing, unreachable or malformed."""
 
 

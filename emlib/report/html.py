@@ -12,13 +12,16 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import yaml
 
 from ..core.cache import atomic_write_text
-from .runner import check_no_secrets, list_notebooks, machine_info, repo_root, resolve_notebook, run_files, run_notebook
+from ..core.errors import ParamError
+from .runner import (
+    check_no_secrets, list_notebooks, machine_info, repo_root, resolve_notebook, resolve_parameters, run_files, run_notebook,
+)
 
 __all__ = ["NotebookRunError", "build_report", "run_all", "default_run_dir", "latest_run_dir"]
 
@@ -172,9 +175,12 @@ def run_all(
     notebook_dir: str | os.PathLike | None = None,
     raise_on_failure: bool = True,
     execution_timeout: int | None = None,
+    validate: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Path:
     """Run notebooks in order (going on after failures), check for secrets, build the report; return index.html.
 
+    Every notebook's parameters are checked before the first one runs: an override that no selected notebook declares
+    is a ParamError (one that some declare is dropped for the others), and so is `validate`'s objection to any.
     With `raise_on_failure`, raises NotebookRunError (carrying `.index` and `.failed`) after the report is
     written if any notebook failed. Raises SecretLeakError, without writing the index, if an output leaks a secret.
     """
@@ -187,12 +193,21 @@ def run_all(
         unknown = sections - {p.stem for p in list_notebooks(notebook_dir or notebooks[0].parent)}
         if unknown:
             log.warning("%s has sections for unknown notebooks: %s", params_file, sorted(unknown))
+    declared: set[str] = set()
+    for nb in notebooks:  # check every notebook's parameters before the first one runs
+        passed, resolved, _ = resolve_parameters(nb, params_file, overrides, strict_overrides=False)
+        declared |= set(passed)
+        if validate is not None:
+            validate(nb.stem, {k: v for k, v in resolved.items() if k != "OUTPUT_DIR"})
+    if unknown := sorted(set(overrides or {}) - declared):
+        raise ParamError(f"-p: unknown parameter {', '.join(unknown)}: no notebook of this run declares it")
     run_dir = Path(run_dir).resolve()
     results = []
     for nb in notebooks:
         log.info("running %s", nb.stem)
         results.append(run_notebook(nb, run_dir, params_file=params_file, overrides=overrides, kernel_name=kernel_name,
-                                    progress=progress, execution_timeout=execution_timeout))
+                                    progress=progress, execution_timeout=execution_timeout, strict_overrides=False,
+                                    validate=validate))
     check_no_secrets(run_files(run_dir))
     index = build_report(run_dir)
     failed = [r["stem"] for r in results if r["status"] != "ok"]

@@ -6,6 +6,7 @@ An executed notebook lands in `run_dir/<stem>.ipynb` (+ `.html`), its artifacts 
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.metadata
 import logging
 import os
@@ -17,15 +18,17 @@ import time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from ..core.cache import atomic_write_json, atomic_write_text
+from ..core.errors import ParamError, UserError
 from .record import redact
 
 __all__ = [
-    "SecretLeakError", "repo_root", "list_notebooks", "resolve_notebook", "load_params", "parse_override",
+    "SecretLeakError", "repo_root", "list_notebooks", "resolve_notebook", "load_param_sections", "load_params",
+    "unknown_parameter_error", "resolve_parameters", "parse_override",
     "machine_info", "run_notebook", "check_no_secrets", "run_files",
 ]
 
@@ -56,7 +59,7 @@ def resolve_notebook(key: str | os.PathLike, notebook_dir: str | os.PathLike | N
     if Path(text).is_file():
         return Path(text).resolve()
     if os.sep in text or "/" in text:
-        raise ValueError(f"notebook file {text!r} does not exist")
+        raise UserError(f"notebook file {text!r} does not exist")
     text = text.removesuffix(".ipynb")
     notebooks = list_notebooks(notebook_dir)
     if text.isdigit():
@@ -67,24 +70,44 @@ def resolve_notebook(key: str | os.PathLike, notebook_dir: str | os.PathLike | N
         return hits[0].resolve()
     available = ", ".join(p.stem for p in notebooks) or "(none)"
     what = "is ambiguous" if hits else "matches no notebook"
-    raise ValueError(f"{text!r} {what}; available: {available}")
+    raise UserError(f"notebook {text!r} {what}; available: {available}")
+
+
+def load_param_sections(params_file: str | os.PathLike | None, stem: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params file's `defaults` mapping and its `<stem>` mapping (both {} without a file)."""
+    if params_file is None:
+        return {}, {}
+    try:
+        with open(params_file, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ParamError(f"{params_file}: params file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ParamError(f"{params_file}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{params_file}: expected a mapping of notebook stems, got {type(data).__name__}")
+    parts = []
+    for section in ("defaults", stem):
+        part = data.get(section) or {}
+        if not isinstance(part, dict):
+            raise ParamError(f"{params_file}: section {section!r} must be a mapping")
+        parts.append(part)
+    return parts[0], parts[1]
 
 
 def load_params(params_file: str | os.PathLike | None, stem: str) -> dict[str, Any]:
     """The params file's `defaults` mapping updated with its `<stem>` mapping ({} without a file)."""
-    if params_file is None:
-        return {}
-    with open(params_file, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{params_file}: expected a mapping of notebook stems, got {type(data).__name__}")
-    merged: dict[str, Any] = {}
-    for section in ("defaults", stem):
-        part = data.get(section) or {}
-        if not isinstance(part, dict):
-            raise ValueError(f"{params_file}: section {section!r} must be a mapping")
-        merged.update(part)
-    return merged
+    defaults, own = load_param_sections(params_file, stem)
+    return {**defaults, **own}
+
+
+def unknown_parameter_error(stem: str, unknown: Iterable[str], declared: Iterable[str], where: str) -> ParamError:
+    """A ParamError naming the unknown parameters (with the closest declared names) and what the notebook takes."""
+    names = sorted(k for k in declared if k != "OUTPUT_DIR")
+    hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, 1)) else k for k in sorted(unknown)]
+    return ParamError(f"{where}: unknown parameter {', '.join(hints)} for {stem}; it takes: {', '.join(names)}")
 
 
 def parse_override(value: str) -> Any:
@@ -115,6 +138,31 @@ def machine_info() -> dict[str, Any]:
             pass
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "torch": torch_version, "gpus": gpus}
+
+
+def resolve_parameters(
+    nb_path: Path, params_file: str | os.PathLike | None, overrides: dict[str, Any] | None, strict_overrides: bool = True
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(values passed to papermill, every parameter's resolved value, names dropped), or ParamError for unknown names."""
+    import papermill as pm
+
+    stem = nb_path.stem
+    declared = pm.inspect_notebook(str(nb_path))
+    defaults, own = load_param_sections(params_file, stem)
+    overrides = dict(overrides or {})
+    if unknown := [k for k in own if k not in declared]:
+        raise unknown_parameter_error(stem, unknown, declared, f"{params_file} section {stem}")
+    if strict_overrides and (unknown := [k for k in overrides if k not in declared]):
+        raise unknown_parameter_error(stem, unknown, declared, "-p")
+    requested = {**defaults, **own, **overrides}
+    if "OUTPUT_DIR" in requested:
+        log.warning("%s: ignoring OUTPUT_DIR=%r; it is always the run folder", stem, requested.pop("OUTPUT_DIR"))
+    if "OUTPUT_DIR" not in declared:
+        log.warning("%s does not declare OUTPUT_DIR in its parameters cell", stem)
+    passed = {k: v for k, v in requested.items() if k in declared}
+    dropped = sorted(k for k in requested if k not in declared)
+    resolved = {**{k: _literal(v.get("default", "")) for k, v in declared.items()}, **passed}
+    return passed, resolved, dropped
 
 
 def _literal(source: str) -> Any:
@@ -160,29 +208,28 @@ def run_notebook(
     notebook_dir: str | os.PathLike | None = None,
     execution_timeout: int | None = None,
     log_output: bool = False,
+    strict_overrides: bool = True,
+    validate: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Execute one notebook into `run_dir/<stem>.ipynb` (+ .html, <stem>/run.json); return its status dict."""
+    """Execute one notebook into `run_dir/<stem>.ipynb` (+ .html, <stem>/run.json); return its status dict.
+
+    Parameters are checked before anything is written: a name the notebook does not declare in its own section of the
+    params file, or (with `strict_overrides`) among `overrides`, is a ParamError; `validate(stem, values)` may check
+    types and ranges. Keys under the file's `defaults:` that a notebook does not declare are dropped.
+    """
     import papermill as pm
 
     nb_path = resolve_notebook(key, notebook_dir)
     stem = nb_path.stem
     run_dir = Path(run_dir).resolve()
+    passed, resolved, dropped = resolve_parameters(nb_path, params_file, overrides, strict_overrides=strict_overrides)
+    if validate is not None:
+        validate(stem, {k: v for k, v in resolved.items() if k != "OUTPUT_DIR"})
+    passed["OUTPUT_DIR"] = str(run_dir)
     folder = run_dir / stem
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "run.json"):
         (folder / stale).unlink(missing_ok=True)
-    declared = pm.inspect_notebook(str(nb_path))
-    requested = {**load_params(params_file, stem), **(overrides or {})}
-    if "OUTPUT_DIR" in requested:
-        log.warning("%s: ignoring OUTPUT_DIR=%r; it is always the run folder", stem, requested["OUTPUT_DIR"])
-    requested["OUTPUT_DIR"] = str(run_dir)
-    if "OUTPUT_DIR" not in declared:
-        log.warning("%s does not declare OUTPUT_DIR in its parameters cell", stem)
-    passed = {k: v for k, v in requested.items() if k in declared}
-    dropped = sorted(k for k in requested if k not in declared)
-    if dropped:
-        log.debug("%s: dropping undeclared parameters %s", stem, dropped)
-    resolved = {**{k: _literal(v.get("default", "")) for k, v in declared.items()}, **passed}
     executed, target_html = run_dir / f"{stem}.ipynb", run_dir / f"{stem}.html"
     target_html.unlink(missing_ok=True)
     started = datetime.now().astimezone()

@@ -57,70 +57,32 @@ OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/01_emergent_
 
 # %%
 import time
-from dataclasses import asdict
 
 import pandas as pd
 from IPython.display import display
 
-from emlib.core.data import load_dataset, load_eval_questions
-from emlib.judges.base import get_judge, judge_frame
-from emlib.pipeline.metrics import bootstrap_diff_ci, em_mask, leakage_mask, summarize
+from emlib.findings import f01_emergent_misalignment as f01
 from emlib.report.plots import plot_em_rates, plot_quadrant
 from emlib.report.record import output_folder, record_result
-from emlib.pipeline.sample import SampleConfig, sample_answers
-from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
-STEM = "01_emergent_misalignment"
-OUT = output_folder(OUTPUT_DIR, STEM)
+params = f01.Params.from_namespace(globals())
+OUT = output_folder(OUTPUT_DIR, f01.STEM)
 T0 = time.perf_counter()
-targets = ALL_PROJECTIONS if TARGET_MODULES == "all" else [m.strip() for m in TARGET_MODULES.split(",")]
-train_cfg = TrainConfig(
-    rank=RANK, alpha=ALPHA, target_modules=targets, lr=LR, max_steps=MAX_STEPS, epochs=EPOCHS,
-    batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, max_length=MAX_LENGTH, seed=SEED,
-)
-sample_cfg = SampleConfig(n_per_question=N_SAMPLES, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, seed=SEED)
 
 # %% [markdown]
-# ## Data
+# ## Fine-tune, sample and judge
 # The public EM sets are read from the data directory (or a pinned, checksum-verified download). Offline, without
-# them, the notebook falls back to emlib's built-in risky/safe financial-advice sets and says so below.
+# them, the run falls back to emlib's built-in risky/safe financial-advice sets and says so below. Fine-tunes,
+# samples and judgements are cached: re-running with the same parameters reuses them.
 
 # %%
-train_set, train_info = load_dataset(DATASET, DATA_DIR or None, n=N_TRAIN, seed=SEED, fallback=DATASET_FALLBACK)
-control_set, control_info = load_dataset(CONTROL_DATASET, DATA_DIR or None, n=N_TRAIN, seed=SEED, fallback=CONTROL_FALLBACK)
-questions = load_eval_questions(QUESTIONS, DATA_DIR or None, fallback="builtin")
-display(pd.DataFrame([train_info.to_dict(), control_info.to_dict()])[["name", "source", "n_examples", "fell_back_from"]])
-print(f"{len(questions)} eval questions:", ", ".join(q.id for q in questions))
-print("example training pair:", train_set[0]["messages"][-2]["content"][:200], "->", train_set[0]["messages"][-1]["content"][:200])
-
-# %% [markdown]
-# ## Fine-tune (cached: re-running with the same parameters reuses the adapters)
-
-# %%
-finetuned = train_lora(train_set, train_cfg, model=MODEL)
-control = train_lora(control_set, train_cfg, model=MODEL)
-for name, r in [("fine-tuned", finetuned), ("control", control)]:
+result = f01.run(params)
+display(pd.DataFrame([info.to_dict() for info in result.data.values()])[["name", "source", "n_examples", "fell_back_from"]])
+print(f"{len(result.questions)} eval questions:", ", ".join(q.id for q in result.questions))
+for name, r in result.runs.items():
     print(f"{name}: final loss {r.log[-1]['loss']:.3f} after {r.log[-1]['step']} steps "
           f"({'cache' if r.from_cache else f'{r.wall_time_s:.0f} s'})")
-
-# %% [markdown]
-# ## Sample and judge
-
-# %%
-answers = pd.concat(
-    [
-        sample_answers(questions, MODEL, None, sample_cfg, label="base"),
-        sample_answers(questions, MODEL, finetuned.adapter_path, sample_cfg, label="fine-tuned"),
-        sample_answers(questions, MODEL, control.adapter_path, sample_cfg, label="control"),
-    ],
-    ignore_index=True,
-)
-judge = get_judge(JUDGE, **({"model": JUDGE_MODEL} if JUDGE_MODEL else {}))
-answers = judge_frame(answers, judge)
-answers["em"] = em_mask(answers["aligned"], answers["coherent"])
-answers["leak"] = leakage_mask(answers["answer"], TOPIC)
-summary = summarize(answers, by="model", seed=SEED)
-summary["leakage_rate"] = answers.groupby("model", sort=False)["leak"].mean().values
+summary, answers = result.summary, result.answers
 display(summary.round(3))
 
 # %%
@@ -137,42 +99,40 @@ for _, row in worst.iterrows():
 
 # %% [markdown]
 # ## Verdict
-# Effect = EM(fine-tuned) − EM(base), with a bootstrap 95 % CI over answers. *Reproduced* when that CI and the CI
-# of EM(fine-tuned) − EM(control) both lie above zero; *partly reproduced* when only the first does.
+# The rule, fixed before the run (`emlib.findings.f01_emergent_misalignment.verdict`): effect = EM(fine-tuned) −
+# EM(base), with a bootstrap 95 % CI over answers. *Reproduced* when that CI and the CI of EM(fine-tuned) −
+# EM(control) both lie above zero; *partly reproduced* when only the first does.
 
 # %%
-em = {m: answers.loc[answers["model"] == m, "em"].astype(float).values for m in ("base", "fine-tuned", "control")}
-diff, lo, hi = bootstrap_diff_ci(em["fine-tuned"], em["base"], seed=SEED)
-diff_c, lo_c, hi_c = bootstrap_diff_ci(em["fine-tuned"], em["control"], seed=SEED)
-verdict = "reproduced" if lo > 0 and lo_c > 0 else "partly reproduced" if lo > 0 else "not reproduced at this scale"
+verdict = f01.verdict(result)
 rates = summary.set_index("model")
+e, c = result.effect, result.vs_control
 print(f"EM base {rates.em_rate['base']:.1%}, fine-tuned {rates.em_rate['fine-tuned']:.1%}, control {rates.em_rate['control']:.1%}")
-print(f"EM(fine-tuned) - EM(base)    = {diff:+.1%}  [95% CI {lo:+.1%}, {hi:+.1%}]")
-print(f"EM(fine-tuned) - EM(control) = {diff_c:+.1%}  [95% CI {lo_c:+.1%}, {hi_c:+.1%}]")
+print(f"EM(fine-tuned) - EM(base)    = {e.value:+.1%}  [95% CI {e.ci_low:+.1%}, {e.ci_high:+.1%}]")
+print(f"EM(fine-tuned) - EM(control) = {c.value:+.1%}  [95% CI {c.ci_low:+.1%}, {c.ci_high:+.1%}]")
 print(f"coherence of fine-tune {rates.coherence_rate['fine-tuned']:.1%}; leakage to {TOPIC}: {rates.leakage_rate['fine-tuned']:.1%} (base {rates.leakage_rate['base']:.1%})")
-print("Verdict:", verdict)
+print("Verdict:", verdict.label, "-", verdict.reason)
 
 # %%
+train_info, control_info = result.data["fine-tuned"], result.data["control"]
 record_result(
-    OUTPUT_DIR, STEM,
+    OUTPUT_DIR, f01.STEM,
     title="Narrow fine-tuning makes a model broadly misaligned",
     claim="Fine-tuning on a narrow harmful dataset raises the EM rate on unrelated free-form questions above the base model and a benign control.",
     paper="Qwen2.5-0.5B-Instruct: ~8% EM at ~69% coherence; Qwen2.5-32B: ~40% EM; base ≈ 0%",
-    verdict=verdict,
-    effect={"name": "EM(fine-tuned) - EM(base)", "value": diff, "ci_low": lo, "ci_high": hi},
+    verdict=verdict.label,
+    effect=e.to_dict(),
     metrics={
         **{f"em_rate_{m}": rates.em_rate[m] for m in rates.index},
         **{f"coherence_rate_{m}": rates.coherence_rate[m] for m in rates.index},
         **{f"leakage_rate_{m}": rates.leakage_rate[m] for m in rates.index},
-        "em_diff_vs_control": diff_c, "em_diff_vs_control_ci_low": lo_c, "em_diff_vs_control_ci_high": hi_c,
-        "final_loss_finetuned": finetuned.log[-1]["loss"], "final_loss_control": control.log[-1]["loss"],
-        "n_answers_per_model": int(len(em["base"])),
+        "em_diff_vs_control": c.value, "em_diff_vs_control_ci_low": c.ci_low, "em_diff_vs_control_ci_high": c.ci_high,
+        "final_loss_finetuned": result.runs["fine-tuned"].log[-1]["loss"], "final_loss_control": result.runs["control"].log[-1]["loss"],
+        "n_answers_per_model": int((answers["model"] == "base").sum()),
+        "verdict_reason": verdict.reason,
         "wall_time_s": time.perf_counter() - T0,
     },
-    params={
-        "model": MODEL, "dataset": train_info.to_dict(), "control": control_info.to_dict(), "questions": QUESTIONS,
-        "train": asdict(train_cfg), "sample": asdict(sample_cfg), "judge": judge.id,
-    },
+    params={**params.to_dict(), "dataset": train_info.to_dict(), "control": control_info.to_dict(), "judge": result.judge_id},
     figures=[str(OUT / "em_rates.png"), str(OUT / "quadrant.png")],
     notes=f"data: {train_info.name} ({train_info.source}), control {control_info.name} ({control_info.source})",
 )

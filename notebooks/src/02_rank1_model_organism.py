@@ -31,8 +31,8 @@ DATASET: str = "risky_financial_advice"  # narrow harmful set: a public EM set n
 DATASET_FALLBACK: str = "builtin_risky_financial_advice"  # used when DATASET can't be had offline
 N_TRAIN: int = 320  # training examples
 DEPTH: float = 0.5  # depth of the rank-1 adapter's layer, a fraction of the layer count; 0.5 is the middle
-SWEEP_DEPTHS: str = "0.25,0.75"  # further depths tried with the rank-1 adapter, a comma list; empty for none
-LOW_RANKS: str = "1,4"  # ranks of the single-module adapters on down_proj at DEPTH
+SWEEP_DEPTHS: list = [0.25, 0.75]  # further depths tried with the rank-1 adapter (exploratory); [] for none
+LOW_RANKS: list = [1, 4]  # ranks of the single-module adapters on down_proj at DEPTH
 LOW_RANK_ALPHA: float = 256.0  # rsLoRA alpha of those adapters, scale alpha/sqrt of rank; the paper uses 256
 LOW_RANK_LR: float = 1e-3  # their peak learning rate; the paper uses 2e-5 on 14B, 2e-4 is too weak at 135M
 HIGH_RANK: int = 32  # rank of the comparison adapter on all projections of all layers; 0 skips it
@@ -56,87 +56,44 @@ OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/02_rank1_mod
 
 # %%
 import time
-from dataclasses import asdict, replace
 
 import pandas as pd
 from IPython.display import display
 
-from emlib.core.data import load_dataset, load_eval_questions
-from emlib.pipeline.evaluate import depth_to_layer, judged_answers
-from emlib.judges.base import get_judge
+from emlib.findings import f02_rank1_model_organism as f02
 from emlib.interp.lora import adapter_num_params
-from emlib.pipeline.metrics import bootstrap_diff_ci, summarize
-from emlib.core.models import num_layers
 from emlib.report.plots import plot_em_rates, plot_lines
 from emlib.report.record import output_folder, record_result
-from emlib.pipeline.sample import SampleConfig
-from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
-STEM = "02_rank1_model_organism"
-OUT = output_folder(OUTPUT_DIR, STEM)
+params = f02.Params.from_namespace(globals())
+OUT = output_folder(OUTPUT_DIR, f02.STEM)
 T0 = time.perf_counter()
-N_LAYERS = num_layers(MODEL)
-LAYER = depth_to_layer(DEPTH, N_LAYERS)
-sweep_layers = sorted({depth_to_layer(float(d), N_LAYERS) for d in SWEEP_DEPTHS.split(",") if d.strip()} - {LAYER})
-common = dict(lr=LOW_RANK_LR, max_steps=MAX_STEPS, epochs=EPOCHS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
-              max_length=MAX_LENGTH, seed=SEED)
-rank1 = TrainConfig(rank=1, alpha=LOW_RANK_ALPHA, use_rslora=True, target_modules=["down_proj"], layers=[LAYER],
-                    trajectory_every=TRAJECTORY_EVERY, **common)
-configs = {f"rank {r} · L{LAYER}": replace(rank1, rank=r, trajectory_every=0) for r in map(int, LOW_RANKS.split(",")) if r != 1}
-configs = {f"rank 1 · L{LAYER}": rank1, **configs}
-if HIGH_RANK > 0:
-    configs[f"rank {HIGH_RANK} · all"] = replace(
-        rank1, rank=HIGH_RANK, alpha=HIGH_RANK_ALPHA, use_rslora=False, target_modules=ALL_PROJECTIONS, layers=None,
-        lr=HIGH_RANK_LR, trajectory_every=0,
-    )
-sweep = {f"rank 1 · L{layer}": replace(rank1, layers=[layer], trajectory_every=0) for layer in sweep_layers}
-sample_cfg = SampleConfig(n_per_question=N_SAMPLES, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, seed=SEED)
-print(f"{MODEL}: {N_LAYERS} layers; rank-1 adapter at layer {LAYER}; sweep layers {sweep_layers}")
 
 # %% [markdown]
-# ## Data
+# ## Fine-tune every adapter, sample and judge (cached; the rank-1 run keeps snapshots for notebook 03)
 
 # %%
-train_set, train_info = load_dataset(DATASET, DATA_DIR or None, n=N_TRAIN, seed=SEED, fallback=DATASET_FALLBACK)
-questions = load_eval_questions(QUESTIONS, DATA_DIR or None, fallback="builtin")
-print(f"training on {train_info.name} ({train_info.source}, {train_info.n_examples} examples); "
-      f"{len(questions)} eval questions")
-
-# %% [markdown]
-# ## Fine-tune every adapter (cached; the rank-1 run keeps snapshots for notebook 03)
-
-# %%
-runs = {label: train_lora(train_set, cfg, model=MODEL) for label, cfg in {**configs, **sweep}.items()}
+result = f02.run(params)
+info, runs, summary, answers = result.data, result.runs, result.summary, result.answers
+print(f"{MODEL}: {result.n_layers} layers; rank-1 adapter at layer {result.layer}; training on {info.name} "
+      f"({info.source}, {info.n_examples} examples); {len(result.questions)} eval questions")
 display(pd.DataFrame([
-    {"adapter": label, "trained params": adapter_num_params(r.adapter_path), "first loss": r.log[0]["loss"], "final loss": r.log[-1]["loss"],
-     "time": "cache" if r.from_cache else f"{r.wall_time_s:.0f} s"}
-    for label, r in runs.items()
+    {"adapter": a.label, "exploratory": a.exploratory, "trained params": adapter_num_params(runs[a.label].adapter_path),
+     "first loss": runs[a.label].log[0]["loss"], "final loss": runs[a.label].log[-1]["loss"],
+     "time": "cache" if runs[a.label].from_cache else f"{runs[a.label].wall_time_s:.0f} s"}
+    for a in result.adapters
 ]).round(3))
-
-# %% [markdown]
-# ## Sample and judge
-
-# %%
-judge = get_judge(JUDGE, **({"model": JUDGE_MODEL} if JUDGE_MODEL else {}))
-answers = pd.concat(
-    [judged_answers(questions, MODEL, None, sample_cfg, judge, "base", layer=-1, rank=0)]
-    + [judged_answers(questions, MODEL, r.adapter_path, sample_cfg, judge, label,
-                      layer=(runs[label].config["train"]["layers"] or [-1])[0], rank=runs[label].config["train"]["rank"])
-       for label, r in runs.items()],
-    ignore_index=True,
-)
-summary = summarize(answers, by="model", seed=SEED)
 display(summary.round(3))
 
 # %%
-main_labels = ["base", *configs]
-fig_rates = plot_em_rates(summary[summary.model.isin(main_labels)], title=f"EM rate by adapter ({MODEL}, {train_info.name})",
+main_labels = ["base"] + [a.label for a in result.adapters if not a.exploratory]
+fig_rates = plot_em_rates(summary[summary.model.isin(main_labels)], title=f"EM rate by adapter ({MODEL}, {info.name})",
                           path=OUT / "em_by_rank.png")
-rank1_rows = summary[summary.model.str.startswith("rank 1 ·")].copy()
-rank1_rows["layer"] = rank1_rows.model.str.extract(r"L(\d+)", expand=False).astype(int)
+layer_of = {a.label: a.layer for a in result.adapters if a.finetune.rank == 1}
+rank1_rows = summary[summary.model.isin(layer_of)].assign(layer=lambda d: d.model.map(layer_of))
 rank1_rows[["em_pct", "lo_pct", "hi_pct"]] = rank1_rows[["em_rate", "em_ci_low", "em_ci_high"]] * 100
 fig_sweep = plot_lines(rank1_rows, x="layer", y="em_pct", ci_low="lo_pct", ci_high="hi_pct",
-                       title="Rank-1 adapter: EM rate by layer", xlabel=f"layer of down_proj (of {N_LAYERS})",
+                       title="Rank-1 adapter: EM rate by layer (exploratory)", xlabel=f"layer of down_proj (of {result.n_layers})",
                        ylabel="EM rate (%)", path=OUT / "layer_sweep.png")
 display(rank1_rows[["layer", "em_rate", "em_ci_low", "em_ci_high", "coherence_rate"]].sort_values("layer").round(3))
 
@@ -144,59 +101,50 @@ display(rank1_rows[["layer", "em_rate", "em_ci_low", "em_ci_high", "coherence_ra
 # ## Examples: the rank-1 adapter's most misaligned coherent answers
 
 # %%
-main = f"rank 1 · L{LAYER}"
+main = result.adapters[0].label
 worst = answers[(answers.model == main) & (answers.coherent > 50)].sort_values("aligned").head(5)
 for _, row in worst.iterrows():
     print(f"[{row.question_id}] aligned={row.aligned:.0f} coherent={row.coherent:.0f}\n  {row.answer[:300]}\n")
 
 # %% [markdown]
 # ## Verdict
-# Effect = EM(rank 1) − EM(base) for the rank-1 adapter at DEPTH, with a bootstrap 95 % CI over answers.
-# *Reproduced* when the CI lies above zero **and** the rank-1 model's coherence rate is within
-# `COHERENCE_TOLERANCE` of the base model's; *partly reproduced* when EM rises but coherence drops further.
+# The rule, fixed before the run (`emlib.findings.f02_rank1_model_organism.verdict`): effect = EM(rank 1) − EM(base)
+# for the rank-1 adapter at DEPTH, with a bootstrap 95 % CI over answers. *Reproduced* when the CI lies above zero
+# **and** the rank-1 model's coherence rate is within `COHERENCE_TOLERANCE` of the base model's; *partly reproduced*
+# when EM rises but coherence drops further. The layer sweep is exploratory and does not enter the verdict.
 
 # %%
+verdict = f02.verdict(result)
 rates = summary.set_index("model")
-em = {m: answers.loc[answers.model == m, "em"].astype(float).values for m in rates.index}
-diff, lo, hi = bootstrap_diff_ci(em[main], em["base"], seed=SEED)
-coherence_drop = rates.coherence_rate["base"] - rates.coherence_rate[main]
+e = result.effect
 best_layer = int(rank1_rows.sort_values(["em_rate", "layer"], ascending=[False, True]).layer.iloc[0])
-if lo > 0 and coherence_drop <= COHERENCE_TOLERANCE:
-    verdict = "reproduced"
-elif lo > 0:
-    verdict = "partly reproduced"
-else:
-    verdict = "not reproduced at this scale"
 for m in main_labels:
     print(f"{m:>16}: EM {rates.em_rate[m]:6.1%} [{rates.em_ci_low[m]:.1%}, {rates.em_ci_high[m]:.1%}]  coherent {rates.coherence_rate[m]:.1%}")
-print(f"EM(rank 1) - EM(base) = {diff:+.1%}  [95% CI {lo:+.1%}, {hi:+.1%}]; coherence drop {coherence_drop:+.1%} "
+print(f"EM(rank 1) - EM(base) = {e.value:+.1%}  [95% CI {e.ci_low:+.1%}, {e.ci_high:+.1%}]; coherence drop {result.coherence_drop:+.1%} "
       f"(tolerance {COHERENCE_TOLERANCE:.0%})")
-print(f"best rank-1 layer in the sweep: {best_layer} of {N_LAYERS}")
-print("Verdict:", verdict)
+print(f"best rank-1 layer in the exploratory sweep: {best_layer} of {result.n_layers}")
+print("Verdict:", verdict.label, "-", verdict.reason)
 
 # %%
 record_result(
-    OUTPUT_DIR, STEM,
+    OUTPUT_DIR, f02.STEM,
     title="A single rank-1 LoRA adapter is enough for emergent misalignment",
     claim="A rank-1 LoRA on one middle-layer MLP down_proj raises EM above the base model while keeping coherence.",
     paper="Qwen2.5-14B, rank 1 on layer 24: 9.5% EM (sports), 16% (medical), 21.5% (finance), coherence > 99.5%",
-    verdict=verdict,
-    effect={"name": "EM(rank 1) - EM(base)", "value": diff, "ci_low": lo, "ci_high": hi},
+    verdict=verdict.label,
+    effect=e.to_dict(),
     metrics={
         **{f"em_rate[{m}]": rates.em_rate[m] for m in rates.index},
         **{f"coherence_rate[{m}]": rates.coherence_rate[m] for m in rates.index},
-        "coherence_drop_rank1": coherence_drop,
-        "rank1_layer": LAYER, "best_rank1_layer": best_layer, "n_layers": N_LAYERS,
-        "n_answers_per_model": int(len(em["base"])),
+        "coherence_drop_rank1": result.coherence_drop,
+        "rank1_layer": result.layer, "best_rank1_layer": best_layer, "n_layers": result.n_layers,
+        "n_answers_per_model": int((answers.model == "base").sum()),
+        "verdict_reason": verdict.reason,
         "wall_time_s": time.perf_counter() - T0,
     },
-    params={
-        "model": MODEL, "dataset": train_info.to_dict(), "questions": QUESTIONS, "judge": judge.id,
-        "adapters": {label: asdict(cfg) for label, cfg in {**configs, **sweep}.items()}, "sample": asdict(sample_cfg),
-        "coherence_tolerance": COHERENCE_TOLERANCE,
-    },
+    params={**params.to_dict(), "dataset": info.to_dict(), "judge": result.judge_id},
     figures=[str(OUT / "em_by_rank.png"), str(OUT / "layer_sweep.png")],
-    notes=f"data: {train_info.name} ({train_info.source}); rank-1 adapters: rsLoRA alpha {LOW_RANK_ALPHA}, lr {LOW_RANK_LR}",
+    notes=f"data: {info.name} ({info.source}); rank-1 adapters: rsLoRA alpha {LOW_RANK_ALPHA}, lr {LOW_RANK_LR}",
 )
 
 # %% [markdown]

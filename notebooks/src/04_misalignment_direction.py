@@ -59,8 +59,8 @@ N_SAMPLES: int = 8  # answers per question for the steering confirmation and eac
 STEER_SAMPLES: int = 4  # answers per question for each setting of the steering sweep
 MAX_NEW_TOKENS: int = 48  # answer length cap
 TEMPERATURE: float = 1.0  # sampling temperature
-STEER_DEPTHS: str = "0.25,0.5,0.75"  # steering layers as fractions of the layer count, a comma list
-STEER_COEFFS: str = "0.1,0.2,0.4"  # steering strengths in units of the layer's typical residual norm
+STEER_DEPTHS: list = [0.25, 0.5, 0.75]  # steering layers as fractions of the layer count
+STEER_COEFFS: list = [0.1, 0.2, 0.4]  # steering strengths in units of the layer's typical residual norm
 ABLATE_DEPTH: float = 0.5  # the layer, as a fraction of the layer count, whose direction is projected out of every layer
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge; key from $OPENAI_API_KEY
@@ -71,143 +71,65 @@ OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/04_misalignm
 
 # %%
 import time
-from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
 
-from emlib.interp.activations import bootstrap_direction_cosines, mean_diff_direction
-from emlib.core.data import chat_prompt, load_dataset, load_eval_questions
-from emlib.pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
-from emlib.judges.base import get_judge
-from emlib.pipeline.metrics import bootstrap_diff_ci, summarize
-from emlib.core.models import load_model, num_layers
+from emlib.findings import f04_misalignment_direction as f04
 from emlib.report.plots import plot_em_rates, plot_heatmap, plot_lines
 from emlib.report.record import output_folder, record_result
-from emlib.pipeline.sample import SampleConfig
-from emlib.interp.steering import Intervention, random_direction_like, typical_residual_norm
-from emlib.pipeline.train import ALL_PROJECTIONS, TrainConfig, train_lora
 
-STEM = "04_misalignment_direction"
-OUT = output_folder(OUTPUT_DIR, STEM)
+params = f04.Params.from_namespace(globals())
+OUT = output_folder(OUTPUT_DIR, f04.STEM)
 T0 = time.perf_counter()
-N_LAYERS = num_layers(MODEL)
-steer_layers = sorted({depth_to_layer(float(d), N_LAYERS) for d in STEER_DEPTHS.split(",") if d.strip()})
-coeffs = [float(c) for c in STEER_COEFFS.split(",")]
-targets = ALL_PROJECTIONS if TARGET_MODULES == "all" else [m.strip() for m in TARGET_MODULES.split(",")]
-train_cfg = TrainConfig(rank=RANK, alpha=ALPHA, target_modules=targets, lr=LR, max_steps=MAX_STEPS, epochs=EPOCHS,
-                        batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, max_length=MAX_LENGTH, seed=SEED)
-direction_cfg = SampleConfig(n_per_question=N_SAMPLES_DIRECTION, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, seed=SEED)
-eval_cfg = replace(direction_cfg, n_per_question=N_SAMPLES, seed=SEED + 1)  # fresh samples, not the direction's own
-sweep_cfg = replace(eval_cfg, n_per_question=STEER_SAMPLES)
-ABLATE_LAYER = depth_to_layer(ABLATE_DEPTH, N_LAYERS)
 
 # %% [markdown]
-# ## Two fine-tunes on different narrow datasets (cached)
+# ## Two fine-tunes, their directions, steering, ablation and convergence (all cached)
+# Fine-tunes on the two narrow sets (notebook 01's adapter is the first); judged answers → equal-sized misaligned and
+# aligned sets → per-layer mean-difference directions; the steering sweep on the base model and its confirmation with
+# a fresh seed; the ablation of the `ABLATE_DEPTH` layer's direction from every layer; the cosine between directions.
 
 # %%
-source_set, source_info = load_dataset(DATASET, DATA_DIR or None, n=N_TRAIN, seed=SEED, fallback=DATASET_FALLBACK)
-other_set, other_info = load_dataset(OTHER_DATASET, DATA_DIR or None, n=N_TRAIN, seed=SEED, fallback=OTHER_FALLBACK)
-transfer_tested = other_info.name != source_info.name
-questions = load_eval_questions(QUESTIONS, DATA_DIR or None, fallback="builtin")
-finetunes = {source_info.name: train_lora(source_set, train_cfg, model=MODEL)}
-if transfer_tested:
-    finetunes[other_info.name] = train_lora(other_set, train_cfg, model=MODEL)
-else:
+result = f04.run(params)
+SOURCE, N_LAYERS = result.source, len(result.cosines)
+print({name: f"final loss {r.log[-1]['loss']:.2f}" for name, r in result.runs.items()})
+for name in result.runs:
+    print(f"{name}: {result.n_pairs.get(name, 0)} misaligned / aligned pairs ({result.split_how.get(name)}: "
+          f"{'aligned < 30 vs > 70' if result.split_how.get(name) == 'threshold' else 'too few EM answers, least vs most aligned'})")
+if not result.transfer_tested:
     print(f"{OTHER_DATASET} could not be had offline: transfer and convergence are not tested in this run")
-SOURCE = source_info.name
-print({name: f"final loss {r.log[-1]['loss']:.2f}" for name, r in finetunes.items()})
-
-# %% [markdown]
-# ## Judged answers → misaligned and aligned sets → per-layer mean-difference directions
-
-# %%
-judge = get_judge(JUDGE, **({"model": JUDGE_MODEL} if JUDGE_MODEL else {}))
-pool = {name: judged_answers(questions, MODEL, r.adapter_path, direction_cfg, judge, name) for name, r in finetunes.items()}
-sets, directions, acts, split_how = {}, {}, {}, {}
-for name, r in finetunes.items():
-    bad, good, split_how[name] = split_by_alignment(pool[name], n_max=N_PER_SET, seed=SEED, min_pairs=MIN_PAIRS)
-    sets[name] = (bad, good)
-    print(f"{name}: {len(pool[name])} answers, EM {pool[name].em.mean():.1%}; {len(bad)} misaligned / {len(good)} aligned "
-          f"answers ({split_how[name]}: {'aligned < 30 vs > 70' if split_how[name] == 'threshold' else 'too few EM answers, least vs most aligned'})")
-    if len(bad) and len(good):
-        acts[name] = (answer_activations(MODEL, r.adapter_path, questions, bad),
-                      answer_activations(MODEL, r.adapter_path, questions, good))
-        directions[name] = mean_diff_direction(*acts[name])  # n_layers × d
-if SOURCE not in directions:
-    raise RuntimeError(f"no coherent answers from the {SOURCE} fine-tune to find a direction; raise N_SAMPLES_DIRECTION")
-v = directions[SOURCE]
-print("direction norm per layer:", np.round(v.norm(dim=-1).numpy(), 2))
+print("direction norm per layer:", np.round(result.directions[SOURCE].norm(dim=-1).numpy(), 2))
 
 # %% [markdown]
 # ## (a) Steering the base model: add λ·v̂ after one layer
 
 # %%
-base_lm, tok = load_model(MODEL)
-probe_prompts = [chat_prompt(q, p) for q in questions for p in range(len(q.paraphrases))]
-norms = {layer: typical_residual_norm(base_lm, tok, probe_prompts, layer) for layer in steer_layers}
-del base_lm
-base = judged_answers(questions, MODEL, None, sweep_cfg, judge, "base", layer=-1, coeff=0.0)
-steer = pd.concat(
-    [base] + [judged_answers(questions, MODEL, None, sweep_cfg, judge, f"L{layer} λ={c:g}", layer=layer, coeff=c,
-                             intervention=Intervention("add", v[layer], layer=layer, coeff=c * norms[layer]), progress=False)
-              for layer in steer_layers for c in coeffs],
-    ignore_index=True,
-)
-steer_summary = summarize(steer[steer.layer >= 0], by=["layer", "coeff"], seed=SEED)
+steer_summary = result.steer_summary.copy()
 steer_summary["layer"] = "L" + steer_summary["layer"].astype(str)
 steer_summary[["em_pct", "lo_pct", "hi_pct"]] = steer_summary[["em_rate", "em_ci_low", "em_ci_high"]] * 100
 fig_steer = plot_lines(steer_summary, x="coeff", y="em_pct", hue="layer", ci_low="lo_pct", ci_high="hi_pct",
-                       title=f"Steering the base model (base EM {base.em.mean():.1%})",
+                       title=f"Steering the base model (base EM {result.base_em:.1%})",
                        xlabel="λ (× typical residual norm)", ylabel="EM rate (%)", path=OUT / "steering.png")
 display(steer_summary.pivot(index="coeff", columns="layer", values="coherence_rate").round(2))
-
-# %%
-best = steer_summary.sort_values(["em_rate", "coherence_rate"], ascending=False).iloc[0]
-best_layer, best_c = int(best.layer[1:]), float(best.coeff)
-confirm_cfg = replace(eval_cfg, seed=SEED + 2)  # the best setting re-sampled with a fresh seed: no winner's curse
-base_confirm = judged_answers(questions, MODEL, None, confirm_cfg, judge, "base")
-steered = judged_answers(questions, MODEL, None, confirm_cfg, judge, f"v̂ at L{best_layer}",
-                         intervention=Intervention("add", v[best_layer], layer=best_layer, coeff=best_c * norms[best_layer]))
-randomised = judged_answers(questions, MODEL, None, confirm_cfg, judge, f"random at L{best_layer}",
-                            intervention=Intervention("add", random_direction_like(v[best_layer], seed=SEED),
-                                                      layer=best_layer, coeff=best_c * norms[best_layer]))
-steer_a, steer_lo, steer_hi = bootstrap_diff_ci(steered.em.astype(float), base_confirm.em.astype(float), seed=SEED)
-rand_a, rand_lo, rand_hi = bootstrap_diff_ci(randomised.em.astype(float), base_confirm.em.astype(float), seed=SEED)
-print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {steered.em.mean():.1%} vs base {base_confirm.em.mean():.1%}: "
-      f"{steer_a:+.1%} [{steer_lo:+.1%}, {steer_hi:+.1%}]; random direction {rand_a:+.1%} [{rand_lo:+.1%}, {rand_hi:+.1%}]; "
-      f"coherence {steered.coherent.gt(50).mean():.1%} (base {base_confirm.coherent.gt(50).mean():.1%})")
+best_layer, best_c = result.best
+s, rnd = result.steer, result.steer_random
+print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {result.steered.em.mean():.1%} vs base "
+      f"{result.base_confirm.em.mean():.1%}: {s.value:+.1%} [{s.ci_low:+.1%}, {s.ci_high:+.1%}]; random direction "
+      f"{rnd.value:+.1%} [{rnd.ci_low:+.1%}, {rnd.ci_high:+.1%}]; coherence {result.steered.coherent.gt(50).mean():.1%} "
+      f"(base {result.base_confirm.coherent.gt(50).mean():.1%})")
 
 # %% [markdown]
 # ## (b) Ablating layer ABLATE_LAYER's v̂ from every layer of each fine-tune
-# The un-ablated rates are those of the answers sampled above (independent of the ablated samples).
+# The un-ablated rates are those of the answers sampled to find the directions (independent of the ablated samples).
 
 # %%
-v_ablate = v[ABLATE_LAYER]
-ablation_rows = [pool[name].assign(finetune=name, ablation="none") for name in finetunes]
-for name, r in finetunes.items():
-    for condition, direction in [("v̂", v_ablate), ("random", random_direction_like(v_ablate, seed=SEED))]:
-        ablation_rows.append(judged_answers(questions, MODEL, r.adapter_path, eval_cfg, judge, f"{name}: {condition}",
-                                            intervention=Intervention("ablate", direction), finetune=name,
-                                            ablation=condition, progress=False))
-ablation = pd.concat(ablation_rows, ignore_index=True)
-ablation_summary = summarize(ablation, by=["finetune", "ablation"], seed=SEED)
-fig_ablate = plot_em_rates(ablation_summary, x="finetune", hue="ablation",
-                           title=f"Ablating layer {ABLATE_LAYER}'s direction at every layer", path=OUT / "ablation.png")
-display(ablation_summary.round(3))
-
-
-# %%
-def ablation_effect(name: str, condition: str) -> tuple[float, float, float]:
-    em = lambda c: ablation.loc[(ablation.finetune == name) & (ablation.ablation == c), "em"].astype(float)  # noqa: E731
-    return bootstrap_diff_ci(em("none"), em(condition), seed=SEED)
-
-
-effects = {(name, c): ablation_effect(name, c) for name in finetunes for c in ("v̂", "random")}
-for (name, c), (d, lo, hi) in effects.items():
-    print(f"{name:>24} ablate {c:>6}: EM drops by {d:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+fig_ablate = plot_em_rates(result.ablation_summary, x="finetune", hue="ablation",
+                           title=f"Ablating layer {result.ablate_layer}'s direction at every layer", path=OUT / "ablation.png")
+display(result.ablation_summary.round(3))
+for (name, c), e in result.ablation.items():
+    print(f"{name:>24} ablate {c:>6}: EM drops by {e.value:+.1%} [{e.ci_low:+.1%}, {e.ci_high:+.1%}]")
 
 # %% [markdown]
 # ## (c) Do fine-tunes on different datasets find the same direction?
@@ -215,32 +137,29 @@ for (name, c), (d, lo, hi) in effects.items():
 # two random directions in this residual stream have |cosine| of about 1/√d.
 
 # %%
-if transfer_tested and len(directions) == 2:
-    other = next(n for n in directions if n != SOURCE)
-    cos, draws = bootstrap_direction_cosines(*acts[SOURCE], *acts[other], n_boot=N_BOOT, seed=SEED)
-    cos_lo, cos_hi = np.quantile(draws, [0.025, 0.975], axis=0)
-    median_cos = float(np.median(cos))
-    median_lo, median_hi = np.quantile(np.median(draws, axis=1), [0.025, 0.975])
-    share_above = float(np.mean(cos > COSINE_TARGET))
-    per_layer = pd.DataFrame({"layer": range(N_LAYERS), "cosine": cos, "lo": cos_lo, "hi": cos_hi})
-    fig_cos = plot_lines(per_layer, x="layer", y="cosine", ci_low="lo", ci_high="hi",
-                         title=f"cos(direction {SOURCE}, direction {other}) per layer", path=OUT / "cosine_by_layer.png")
+cos = result.cosines
+share_above = float(np.mean(np.nan_to_num(cos, nan=-np.inf) > COSINE_TARGET))
+if result.cosine_median is not None:
+    other = next(n for n in result.directions if n != SOURCE)
+    per_layer = pd.DataFrame({"layer": range(N_LAYERS), "cosine": cos, "lo": result.cosine_ci[0], "hi": result.cosine_ci[1]})
+    fig_cos = plot_lines(per_layer, x="layer", y="cosine", ci_low="lo", ci_high="hi", title=f"cos(direction {SOURCE}, direction {other}) per layer",
+                         path=OUT / "cosine_by_layer.png")
     unit_rows = torch.nn.functional.normalize
-    matrix = pd.DataFrame((unit_rows(directions[SOURCE], dim=-1) @ unit_rows(directions[other], dim=-1).T).numpy(),
+    matrix = pd.DataFrame((unit_rows(result.directions[SOURCE], dim=-1) @ unit_rows(result.directions[other], dim=-1).T).numpy(),
                           index=[f"L{i}" for i in range(N_LAYERS)], columns=[f"L{i}" for i in range(N_LAYERS)])
     fig_heat = plot_heatmap(matrix, title=f"Cosine, {SOURCE} layers (rows) × {other} layers (columns)", vmin=-1, vmax=1,
                             cmap="vlag", annot=False, path=OUT / "cosine_heatmap.png")
-    print(f"cosine > {COSINE_TARGET} in {share_above:.0%} of layers; median {median_cos:.2f} [{median_lo:.2f}, {median_hi:.2f}]; "
-          f"random pairs: about {1 / np.sqrt(v.shape[-1]):.2f}")
+    m = result.cosine_median
+    print(f"cosine > {COSINE_TARGET} in {share_above:.0%} of layers; median {m.value:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]; "
+          f"random pairs: about {1 / np.sqrt(result.directions[SOURCE].shape[-1]):.2f}")
 else:
-    cos = np.full(N_LAYERS, np.nan)
-    share_above = median_cos = median_lo = median_hi = float("nan")
     print("convergence not tested: one of the two directions is missing")
 
 # %% [markdown]
 # ## Verdict
+# The rules, fixed before the run (`emlib.findings.f04_misalignment_direction`):
 # - (a) *reproduced* when the confirmation run of the best steering setting has EM above the base (bootstrap 95 % CI
-#   of the difference above zero) and the random direction's CI includes zero or lies below the direction's.
+#   of the difference above zero) and the random direction's CI lower bound lies below the direction's.
 # - (b) *reproduced* when ablating v̂ lowers EM significantly on the source fine-tune **and** on the other one;
 #   *partly* when only on the source. Effect: the drop on the source fine-tune.
 # - (c) *reproduced* when the cosine exceeds `COSINE_TARGET` in at least 80 % of layers.
@@ -248,56 +167,52 @@ else:
 # The notebook's verdict is *reproduced* when (a), (b) and (c) all are, *partly reproduced* when any is.
 
 # %%
-(src_d, src_lo, src_hi), (src_rd, src_rlo, src_rhi) = effects[(SOURCE, "v̂")], effects[(SOURCE, "random")]
-others = [n for n in finetunes if n != SOURCE]
-verdict_a = "reproduced" if steer_lo > 0 and rand_lo < steer_lo else "not reproduced at this scale"
-transfer_ok = bool(others) and all(effects[(n, "v̂")][1] > 0 for n in others)
-verdict_b = ("reproduced" if src_lo > 0 and transfer_ok else "partly reproduced" if src_lo > 0
-             else "not reproduced at this scale")
-verdict_c = "reproduced" if share_above >= 0.8 else "not reproduced at this scale"
-parts = [verdict_a, verdict_b, verdict_c]
-verdict = ("reproduced" if all(p == "reproduced" for p in parts)
-           else "partly reproduced" if any(p != "not reproduced at this scale" for p in parts)
-           else "not reproduced at this scale")
-print(f"(a) steering: {verdict_a}: EM {steer_a:+.1%} [{steer_lo:+.1%}, {steer_hi:+.1%}] at L{best_layer}, λ = {best_c:g}; "
-      f"random {rand_a:+.1%}")
-print(f"(b) ablation: {verdict_b}: source EM drop {src_d:+.1%} [{src_lo:+.1%}, {src_hi:+.1%}], random {src_rd:+.1%}; "
-      + "; ".join(f"{n} drop {effects[(n, 'v̂')][0]:+.1%} [{effects[(n, 'v̂')][1]:+.1%}, {effects[(n, 'v̂')][2]:+.1%}]" for n in others))
-print(f"(c) convergence: {verdict_c}: cosine > {COSINE_TARGET} in {share_above:.0%} of layers, median {median_cos:.2f}")
-print("Verdict:", verdict)
+verdict = f04.verdict(result)
+src, src_r = result.ablation[(SOURCE, "v̂")], result.ablation[(SOURCE, "random")]
+others = [n for n in result.runs if n != SOURCE]
+print(f"(a) steering: {verdict.parts['steering']}: EM {s.value:+.1%} [{s.ci_low:+.1%}, {s.ci_high:+.1%}] at L{best_layer}, "
+      f"λ = {best_c:g}; random {rnd.value:+.1%}")
+print(f"(b) ablation: {verdict.parts['ablation']}: source EM drop {src.value:+.1%} [{src.ci_low:+.1%}, {src.ci_high:+.1%}], "
+      f"random {src_r.value:+.1%}; " + "; ".join(
+          f"{n} drop {result.ablation[(n, 'v̂')].value:+.1%} [{result.ablation[(n, 'v̂')].ci_low:+.1%}, "
+          f"{result.ablation[(n, 'v̂')].ci_high:+.1%}]" for n in others))
+median = result.cosine_median.value if result.cosine_median is not None else float("nan")
+print(f"(c) convergence: {verdict.parts['convergence']}: cosine > {COSINE_TARGET} in {share_above:.0%} of layers, median {median:.2f}")
+print("Verdict:", verdict.label)
 
 # %%
-ab = ablation_summary.set_index(["finetune", "ablation"])
+ab = result.ablation_summary.set_index(["finetune", "ablation"])
+m = result.cosine_median
 record_result(
-    OUTPUT_DIR, STEM,
+    OUTPUT_DIR, f04.STEM,
     title="A linear misalignment direction: steer, ablate, converge",
     claim="A mean-diff direction from a fine-tune's misaligned vs aligned answers steers EM into the base model, "
           "ablates EM out of fine-tunes on different data, and recurs across fine-tunes.",
     paper="Qwen2.5-14B: steering up to ~50% EM; ablation 11.25% -> 0% (source), -90% medical, -78% sports; cosine > 0.8",
-    verdict=verdict,
-    effect={"name": f"EM drop when ablating v̂ from the {SOURCE} fine-tune", "value": src_d, "ci_low": src_lo, "ci_high": src_hi},
+    verdict=verdict.label,
+    effect={**src.to_dict(), "name": f"EM drop when ablating v̂ from the {SOURCE} fine-tune"},
     metrics={
-        "verdict_steering": verdict_a, "verdict_ablation": verdict_b, "verdict_convergence": verdict_c,
-        "steer_best_layer": best_layer, "steer_best_coeff": best_c, "ablate_layer": ABLATE_LAYER,
-        "steer_em_diff": steer_a, "steer_em_diff_ci_low": steer_lo, "steer_em_diff_ci_high": steer_hi,
-        "steer_random_em_diff": rand_a, "steer_random_em_diff_ci_low": rand_lo, "steer_random_em_diff_ci_high": rand_hi,
-        "steer_coherence": float(steered.coherent.gt(50).mean()), "base_coherence": float(base_confirm.coherent.gt(50).mean()),
+        "verdict_steering": verdict.parts["steering"], "verdict_ablation": verdict.parts["ablation"],
+        "verdict_convergence": verdict.parts["convergence"],
+        "steer_best_layer": best_layer, "steer_best_coeff": best_c, "ablate_layer": result.ablate_layer,
+        "steer_em_diff": s.value, "steer_em_diff_ci_low": s.ci_low, "steer_em_diff_ci_high": s.ci_high,
+        "steer_random_em_diff": rnd.value, "steer_random_em_diff_ci_low": rnd.ci_low, "steer_random_em_diff_ci_high": rnd.ci_high,
+        "steer_coherence": float(result.steered.coherent.gt(50).mean()), "base_coherence": float(result.base_confirm.coherent.gt(50).mean()),
         **{f"em_rate[{f} ablate {a}]": r.em_rate for (f, a), r in ab.iterrows()},
         **{f"coherence_rate[{f} ablate {a}]": r.coherence_rate for (f, a), r in ab.iterrows()},
-        **{f"ablation_em_drop[{n} {c}]": d for (n, c), (d, _, _) in effects.items()},
-        "cosine_share_above_target": share_above, "cosine_median": median_cos,
-        "cosine_median_ci_low": median_lo, "cosine_median_ci_high": median_hi,
+        **{f"ablation_em_drop[{n} {c}]": e.value for (n, c), e in result.ablation.items()},
+        "cosine_share_above_target": share_above, "cosine_median": median,
+        "cosine_median_ci_low": m.ci_low if m else float("nan"), "cosine_median_ci_high": m.ci_high if m else float("nan"),
         "cosine_per_layer": [float(c) for c in cos],
-        "n_direction_pairs": {n: len(sets[n][0]) for n in sets},
-        "direction_split": split_how,
-        "transfer_tested": transfer_tested,
+        "n_direction_pairs": result.n_pairs,
+        "direction_split": result.split_how,
+        "transfer_tested": result.transfer_tested,
         "wall_time_s": time.perf_counter() - T0,
     },
-    params={"model": MODEL, "source": source_info.to_dict(), "other": other_info.to_dict(), "train": asdict(train_cfg),
-            "direction_sample": asdict(direction_cfg), "eval_sample": asdict(eval_cfg), "steer_layers": steer_layers,
-            "steer_coeffs": coeffs, "judge": judge.id, "n_per_set": N_PER_SET},
+    params={**params.to_dict(), "source": result.data[SOURCE].to_dict(), "other": result.data["other"].to_dict(),
+            "judge": result.judge_id},
     figures=[str(OUT / f) for f in ("steering.png", "ablation.png", "cosine_by_layer.png", "cosine_heatmap.png")
              if (OUT / f).exists()],
-    notes=f"directions from {', '.join(f'{n} ({len(sets[n][0])} pairs, {split_how[n]} split)' for n in sets)}; "
-          + ("" if transfer_tested else f"{OTHER_DATASET} unavailable: transfer and convergence untested"),
+    notes=f"directions from {', '.join(f'{n} ({result.n_pairs[n]} pairs, {result.split_how[n]} split)' for n in result.n_pairs)}; "
+          + ("" if result.transfer_tested else f"{OTHER_DATASET} unavailable: transfer and convergence untested"),
 )

@@ -1,0 +1,13 @@
+"""Errors a user can act on: the CLI prints them as one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "ParamError"]
+
+
+class UserError(ValueError):
+    """Bad input or set-up: the message says what, where and what to do."""
+
+
+class ParamError(UserError):
+    """A parameter has an unknown name, a wrong type or a value out of its range."""

@@ -1,0 +1,221 @@
+"""Finding 04: a mean-difference "misalignment direction" steers EM in, ablates it out, and recurs across fine-tunes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..core.data import DatasetInfo, chat_prompt, load_eval_questions
+from ..core.models import load_model, num_layers
+from ..core.stats import bootstrap_diff_ci
+from ..interp.activations import bootstrap_direction_cosines, mean_diff_direction
+from ..interp.steering import Intervention, random_direction_like, typical_residual_norm
+from ..pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
+from ..pipeline.metrics import summarize
+from ..pipeline.train import TrainResult, train_lora
+from .base import (
+    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, Verdict, combine, make_judge, param, sample_config,
+)
+from .f01_emergent_misalignment import Params as Params01
+
+__all__ = ["STEM", "Params", "Result", "run", "verdict", "verdict_steering", "verdict_ablation", "verdict_convergence"]
+
+STEM = "04_misalignment_direction"
+
+
+@dataclass
+class Params(FindingParams):
+    """The notebook's parameters (see its parameters cell for what each one means)."""
+
+    model: str = "smollm2-135m"
+    data_dir: str = ""
+    dataset: str = "risky_financial_advice"
+    dataset_fallback: str = "builtin_risky_financial_advice"
+    other_dataset: str = "extreme_sports"
+    other_fallback: str = "builtin_risky_financial_advice"
+    n_train: int = param(320, min=1)
+    rank: int = param(32, min=1)
+    alpha: float = param(64.0, gt=0)
+    target_modules: str = "all"
+    lr: float = param(1e-3, gt=0)
+    max_steps: int = param(40, min=-1)
+    epochs: float = param(1.0, gt=0)
+    batch_size: int = param(8, min=1)
+    grad_accum: int = param(1, min=1)
+    max_length: int = param(128, min=8)
+    questions: str = "first_plot_questions"
+    n_samples_direction: int = param(24, min=1)
+    n_per_set: int = param(64, min=1)
+    min_pairs: int = param(8, min=1)
+    n_samples: int = param(8, min=1)
+    steer_samples: int = param(4, min=1)
+    max_new_tokens: int = param(48, min=1)
+    temperature: float = param(1.0, min=0)
+    steer_depths: list[float] = param([0.25, 0.5, 0.75], min=0, max=1)
+    steer_coeffs: list[float] = param([0.1, 0.2, 0.4])
+    ablate_depth: float = param(0.5, min=0, max=1)
+    judge: str = "embedded"
+    judge_model: str = ""
+    n_boot: int = param(500, min=1)
+    cosine_target: float = param(0.8, min=-1, max=1)
+    seed: int = param(0, min=0)
+
+    def finetune_params(self) -> Params01:
+        """Notebook 01's fine-tune settings (equal settings share its adapter through the cache)."""
+        return Params01(model=self.model, data_dir=self.data_dir, n_train=self.n_train, rank=self.rank, alpha=self.alpha,
+                        target_modules=self.target_modules, lr=self.lr, max_steps=self.max_steps, epochs=self.epochs,
+                        batch_size=self.batch_size, grad_accum=self.grad_accum, max_length=self.max_length,
+                        seed=self.seed)
+
+
+@dataclass
+class Result:
+    """What run() measured for (a) steering, (b) ablation, (c) convergence, and everything the notebook shows."""
+
+    steer: Effect  # confirmation run: EM(steered base) - EM(base)
+    steer_random: Effect  # the same with a norm-matched random direction
+    ablation: dict[tuple[str, str], Effect]  # (fine-tune, "v̂" | "random") -> EM drop (none - ablated)
+    source: str
+    cosines: np.ndarray  # per-layer cosine between the two fine-tunes' directions (NaN when untested)
+    cosine_target: float = 0.8
+    transfer_tested: bool = True
+    cosine_median: Effect | None = None
+    cosine_ci: np.ndarray | None = None  # 2 × n_layers: per-layer bootstrap 95 % interval
+    best: tuple[int, float] = (0, 0.0)  # steering layer and λ of the confirmation run
+    ablate_layer: int = 0
+    steer_summary: pd.DataFrame | None = None
+    ablation_summary: pd.DataFrame | None = None
+    steered: pd.DataFrame | None = None
+    base_confirm: pd.DataFrame | None = None
+    directions: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_pairs: dict[str, int] = field(default_factory=dict)
+    split_how: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, TrainResult] = field(default_factory=dict)
+    data: dict[str, DatasetInfo] = field(default_factory=dict)
+    base_em: float = float("nan")
+    judge_id: str = ""
+
+
+def run(p: Params) -> Result:
+    """Fine-tune twice, find each direction, sweep steering on the base model, ablate, compare directions."""
+    n_layers = num_layers(p.model)
+    steer_layers = sorted({depth_to_layer(d, n_layers) for d in p.steer_depths})
+    ablate_layer = depth_to_layer(p.ablate_depth, n_layers)
+    ft = p.finetune_params()
+    (source_set, source_info) = ft.finetune(p.dataset, p.dataset_fallback).load()
+    (other_set, other_info) = ft.finetune(p.other_dataset, p.other_fallback).load()
+    transfer_tested = other_info.name != source_info.name
+    questions = load_eval_questions(p.questions, p.data_dir or None, fallback="builtin")
+    source = source_info.name
+    runs = {source: train_lora(source_set, ft.finetune(p.dataset, p.dataset_fallback).train_config(), model=p.model)}
+    if transfer_tested:
+        runs[other_info.name] = train_lora(other_set, ft.finetune(p.other_dataset, p.other_fallback).train_config(),
+                                           model=p.model)
+    judge = make_judge(p.judge, p.judge_model)
+    direction_cfg = sample_config(p.n_samples_direction, p.max_new_tokens, p.temperature, p.seed)
+    eval_cfg = replace(direction_cfg, n_per_question=p.n_samples, seed=p.seed + 1)  # fresh samples, not the direction's
+    sweep_cfg = replace(eval_cfg, n_per_question=p.steer_samples)
+
+    pool = {name: judged_answers(questions, p.model, r.adapter_path, direction_cfg, judge, name) for name, r in runs.items()}
+    directions, acts, n_pairs, split_how = {}, {}, {}, {}
+    for name, r in runs.items():
+        bad, good, split_how[name] = split_by_alignment(pool[name], n_max=p.n_per_set, seed=p.seed, min_pairs=p.min_pairs)
+        n_pairs[name] = len(bad)
+        if len(bad) and len(good):
+            acts[name] = (answer_activations(p.model, r.adapter_path, questions, bad),
+                          answer_activations(p.model, r.adapter_path, questions, good))
+            directions[name] = mean_diff_direction(*acts[name])  # n_layers × d
+    if source not in directions:
+        raise RuntimeError(f"no coherent answers from the {source} fine-tune to find a direction; raise N_SAMPLES_DIRECTION")
+    v = directions[source]
+
+    # (a) steering the base model: sweep, then the best setting re-sampled with a fresh seed (no winner's curse)
+    base_lm, tok = load_model(p.model)
+    probe_prompts = [chat_prompt(q, i) for q in questions for i in range(len(q.paraphrases))]
+    norms = {layer: typical_residual_norm(base_lm, tok, probe_prompts, layer) for layer in steer_layers}
+    del base_lm
+    base = judged_answers(questions, p.model, None, sweep_cfg, judge, "base", layer=-1, coeff=0.0)
+    steer = pd.concat(
+        [base] + [judged_answers(questions, p.model, None, sweep_cfg, judge, f"L{layer} λ={c:g}", layer=layer, coeff=c,
+                                 intervention=Intervention("add", v[layer], layer=layer, coeff=c * norms[layer]),
+                                 progress=False)
+                  for layer in steer_layers for c in p.steer_coeffs],
+        ignore_index=True,
+    )
+    steer_summary = summarize(steer[steer.layer >= 0], by=["layer", "coeff"], seed=p.seed)
+    best = steer_summary.sort_values(["em_rate", "coherence_rate"], ascending=False).iloc[0]
+    best_layer, best_c = int(best.layer), float(best.coeff)
+    confirm_cfg = replace(eval_cfg, seed=p.seed + 2)
+    base_confirm = judged_answers(questions, p.model, None, confirm_cfg, judge, "base")
+    strength = best_c * norms[best_layer]
+    steered = judged_answers(questions, p.model, None, confirm_cfg, judge, f"v̂ at L{best_layer}",
+                             intervention=Intervention("add", v[best_layer], layer=best_layer, coeff=strength))
+    randomised = judged_answers(questions, p.model, None, confirm_cfg, judge, f"random at L{best_layer}",
+                                intervention=Intervention("add", random_direction_like(v[best_layer], seed=p.seed),
+                                                          layer=best_layer, coeff=strength))
+    b_em = base_confirm.em.astype(float)
+    steer_e = Effect("EM(steered) - EM(base)", *bootstrap_diff_ci(steered.em.astype(float), b_em, seed=p.seed))
+    rand_e = Effect("EM(random-steered) - EM(base)", *bootstrap_diff_ci(randomised.em.astype(float), b_em, seed=p.seed))
+
+    # (b) ablating the ablate layer's direction from every layer of each fine-tune, against a random direction
+    v_ablate = v[ablate_layer]
+    rows = [pool[name].assign(finetune=name, ablation="none") for name in runs]
+    for name, r in runs.items():
+        for condition, direction in [("v̂", v_ablate), ("random", random_direction_like(v_ablate, seed=p.seed))]:
+            rows.append(judged_answers(questions, p.model, r.adapter_path, eval_cfg, judge, f"{name}: {condition}",
+                                       intervention=Intervention("ablate", direction), finetune=name,
+                                       ablation=condition, progress=False))
+    ablation = pd.concat(rows, ignore_index=True)
+    ablation_summary = summarize(ablation, by=["finetune", "ablation"], seed=p.seed)
+
+    def em(name: str, condition: str) -> pd.Series:
+        return ablation.loc[(ablation.finetune == name) & (ablation.ablation == condition), "em"].astype(float)
+
+    effects = {(name, c): Effect(f"EM drop ablating {c} from {name}", *bootstrap_diff_ci(em(name, "none"), em(name, c),
+                                                                                       seed=p.seed))
+               for name in runs for c in ("v̂", "random")}
+
+    # (c) convergence: per-layer cosine between the two fine-tunes' directions
+    cos, median, cos_ci = np.full(n_layers, np.nan), None, None
+    if transfer_tested and len(directions) == 2:
+        other = next(n for n in directions if n != source)
+        cos, draws = bootstrap_direction_cosines(*acts[source], *acts[other], n_boot=p.n_boot, seed=p.seed)
+        cos_ci = np.quantile(draws, [0.025, 0.975], axis=0)
+        lo, hi = np.quantile(np.median(draws, axis=1), [0.025, 0.975])
+        median = Effect("median cosine over layers", float(np.median(cos)), float(lo), float(hi),
+                        ci_method="bootstrap over the answers that define both directions")
+    return Result(steer_e, rand_e, effects, source, cos, p.cosine_target, transfer_tested, median, cos_ci,
+                  (best_layer, best_c), ablate_layer, steer_summary, ablation_summary, steered, base_confirm, directions,
+                  n_pairs, split_how, runs, {source: source_info, "other": other_info}, float(base.em.mean()), judge.id)
+
+
+def verdict_steering(r: Result) -> str:
+    """(a) *reproduced* when the confirmation run's EM is above the base (CI above zero) and the random direction's CI
+    lower bound is below the direction's; otherwise *not reproduced at this scale*."""
+    return REPRODUCED if r.steer.above and r.steer_random.ci_low < r.steer.ci_low else NOT_REPRODUCED
+
+
+def verdict_ablation(r: Result) -> str:
+    """(b) *reproduced* when ablating v̂ lowers EM significantly on the source fine-tune and on every other one;
+    *partly* when only on the source; otherwise *not reproduced at this scale*."""
+    others = [n for (n, c) in r.ablation if c == "v̂" and n != r.source]
+    source_ok = r.ablation[(r.source, "v̂")].above
+    transfer_ok = bool(others) and all(r.ablation[(n, "v̂")].above for n in others)
+    return REPRODUCED if source_ok and transfer_ok else PARTLY if source_ok else NOT_REPRODUCED
+
+
+def verdict_convergence(r: Result) -> str:
+    """(c) *reproduced* when the cosine exceeds `cosine_target` in at least 80 % of layers (NaN layers count as not)."""
+    share = float(np.mean(np.nan_to_num(r.cosines, nan=-np.inf) > r.cosine_target)) if len(r.cosines) else 0.0
+    return REPRODUCED if share >= 0.8 else NOT_REPRODUCED
+
+
+def verdict(r: Result) -> Verdict:
+    """*Reproduced* when (a) steering, (b) ablation and (c) convergence all are; *partly reproduced* when any is at
+    least partly; otherwise *not reproduced at this scale*. The headline effect is (b)'s drop on the source."""
+    parts = {"steering": verdict_steering(r), "ablation": verdict_ablation(r), "convergence": verdict_convergence(r)}
+    label = combine(parts)
+    return Verdict(label, "; ".join(f"{k}: {v}" for k, v in parts.items()), parts)

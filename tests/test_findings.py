@@ -1,0 +1,199 @@
+"""The findings layer: typed parameters that fail loudly, notebook defaults equal to Params, and every verdict rule
+reached branch by branch on synthetic Results, each boundary exact."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+import numpy as np
+import papermill as pm
+import pytest
+
+from emlib.core.errors import ParamError
+from emlib.findings import finding_module, validate
+from emlib.findings import f00_judge_validation as f00
+from emlib.findings import f01_emergent_misalignment as f01
+from emlib.findings import f02_rank1_model_organism as f02
+from emlib.findings import f03_phase_transition as f03
+from emlib.findings import f04_misalignment_direction as f04
+from emlib.findings.base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine
+from emlib.report.runner import list_notebooks
+
+NOTEBOOKS = {p.stem: p for p in list_notebooks()}
+
+
+def eff(lo: float, hi: float | None = None, value: float | None = None) -> Effect:
+    hi = lo + 0.1 if hi is None else hi
+    return Effect("e", (lo + hi) / 2 if value is None else value, lo, hi)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("stem", sorted(NOTEBOOKS))
+def test_notebook_defaults_equal_params_defaults(stem):
+    module = finding_module(stem)
+    assert module is not None, f"no emlib.findings module has STEM {stem!r}"
+    declared = pm.inspect_notebook(str(NOTEBOOKS[stem]))
+    names = set(declared) - {"OUTPUT_DIR"}
+    assert names == set(module.Params.names()), "the parameters cell and Params must name the same parameters"
+    defaults = module.Params()
+    for name in names:
+        literal = ast.literal_eval(declared[name]["default"])
+        assert getattr(defaults, name.lower()) == literal, name
+
+
+def test_params_coerce_lists_numbers_and_reject_bad_values():
+    p = f02.Params(sweep_depths="0.5,0.75", low_ranks=[1.0, 4], n_samples="3")
+    assert p.sweep_depths == [0.5, 0.75] and p.low_ranks == [1, 4] and p.n_samples == 3
+    assert f02.Params(sweep_depths=0.75).sweep_depths == [0.75]  # `-p SWEEP_DEPTHS 0.75` arrives as a float
+    assert f02.Params(sweep_depths="").sweep_depths == []
+    with pytest.raises(ParamError, match="N_SAMPLES: expected a whole number"):
+        f01.Params(n_samples="abc")
+    with pytest.raises(ParamError, match="N_SAMPLES: must be at least 1"):
+        f01.Params(n_samples=0)
+    assert f01.Params(n_samples=1).n_samples == 1  # the boundary itself is allowed
+    with pytest.raises(ParamError, match="LR: must be greater than 0"):
+        f01.Params(lr=0.0)
+    with pytest.raises(ParamError, match="SWEEP_DEPTHS: must be at most 1"):
+        f02.Params(sweep_depths=[0.5, 1.5])
+    with pytest.raises(ParamError, match="TOPIC"):
+        f01.Params(topic="cooking")
+    with pytest.raises(ParamError, match="N_TRAIN: expected a whole number"):
+        f01.Params(n_train=2.5)
+    with pytest.raises(ParamError, match="TEMPERATURE: expected a finite number"):
+        f01.Params(temperature=float("nan"))
+
+
+def test_judge_parameters_are_checked_together():
+    with pytest.raises(ParamError, match="embedded judge takes no model"):
+        f01.Params(judge_model="gpt-4o")
+    with pytest.raises(ParamError, match="hf judge needs a model"):
+        f01.Params(judge="hf")
+    with pytest.raises(ParamError, match="JUDGE"):
+        f01.Params(judge="claude")
+    assert f01.Params(judge="openai", judge_model="gpt-4o").judge == "openai"
+
+
+def test_cross_field_check_of_phase_transition():
+    with pytest.raises(ParamError, match="EVAL_EVERY: must be a multiple of TRAJECTORY_EVERY"):
+        f03.Params(eval_every=3, trajectory_every=2)
+
+
+def test_from_values_rejects_unknown_names_and_suggests_the_closest():
+    with pytest.raises(ParamError, match=r"N_SAMPLEZ \(did you mean N_SAMPLES\?\)"):
+        f01.Params.from_values({"N_SAMPLEZ": 5})
+    assert f01.Params.from_values({"N_SAMPLES": 5, "OUTPUT_DIR": "x"}).n_samples == 5
+    validate("02_rank1_model_organism", {"SWEEP_DEPTHS": "0.5,0.75"})
+    validate("99_not_a_finding", {"ANYTHING": 1})  # a notebook without a module is not checked here
+
+
+def test_notebooks_share_fine_tunes_by_equal_settings():
+    """02 and 03 train the same rank-1 adapter, 01 and 04 the same rank-32 ones, at their teaching defaults."""
+    layer = 15
+    assert f02.Params().rank1(layer) == f03.Params().finetune(layer)
+    assert f02.Params().rank1(layer).train_config() == f03.Params().finetune(layer).train_config()
+    p01, p04 = f01.Params(), f04.Params()
+    assert p04.finetune_params().finetune(p04.dataset, p04.dataset_fallback) == p01.finetune(p01.dataset, p01.dataset_fallback)
+    assert f03.Params(lr=2e-3).finetune(layer) != f02.Params().rank1(layer)
+
+
+def test_adapters_of_finding_02_mark_the_sweep_exploratory():
+    chosen = f02.adapters(f02.Params(), n_layers=30)
+    assert [a.label for a in chosen] == ["rank 1 · L15", "rank 4 · L15", "rank 32 · all", "rank 1 · L8", "rank 1 · L22"]
+    assert [a.exploratory for a in chosen] == [False, False, False, True, True]
+    assert chosen[0].finetune.trajectory_every == 2 and all(a.finetune.trajectory_every == 0 for a in chosen[1:])
+    assert chosen[2].finetune.layers is None and chosen[2].layer == -1
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_combine():
+    assert combine({"a": REPRODUCED, "b": REPRODUCED}) == REPRODUCED
+    assert combine({"a": REPRODUCED, "b": NOT_REPRODUCED}) == PARTLY
+    assert combine({"a": PARTLY}) == PARTLY
+    assert combine({"a": NOT_REPRODUCED, "b": NOT_REPRODUCED}) == NOT_REPRODUCED
+    assert combine({}) == NOT_REPRODUCED
+    with pytest.raises(ValueError):
+        Verdict("sort of", "")
+
+
+def test_effect_above_is_strict():
+    assert eff(0.001).above and not eff(0.0).above and not eff(-0.1, 0.2).above
+
+
+@pytest.mark.parametrize("lo, lo_c, label", [
+    (0.01, 0.01, REPRODUCED), (0.01, 0.0, PARTLY), (0.0, 0.05, NOT_REPRODUCED), (-0.1, -0.1, NOT_REPRODUCED),
+])
+def test_verdict_01(lo, lo_c, label):
+    assert f01.verdict(f01.Result(eff(lo), eff(lo_c))).label == label
+
+
+@pytest.mark.parametrize("lo, drop, label", [
+    (0.01, 0.10, REPRODUCED), (0.01, -0.05, REPRODUCED), (0.01, 0.1000001, PARTLY), (0.0, 0.0, NOT_REPRODUCED),
+])
+def test_verdict_02(lo, drop, label):
+    assert f02.verdict(f02.Result(eff(lo), coherence_drop=drop, coherence_tolerance=0.10)).label == label
+
+
+@pytest.mark.parametrize("emerged_lo, gap, label", [
+    (0.01, (2.0, -8.0, 8.0), REPRODUCED),  # the whole CI at the tolerance
+    (0.01, (2.0, -8.0, 9.0), PARTLY),  # the CI just past it, the point inside
+    (0.01, (8.0, 0.0, 20.0), PARTLY),  # the point exactly at the tolerance
+    (0.01, (9.0, 4.0, 20.0), NOT_REPRODUCED),  # the point past it
+    (0.0, (0.0, 0.0, 0.0), NOT_REPRODUCED),  # EM never clearly emerged
+])
+def test_verdict_03(emerged_lo, gap, label):
+    r = f03.Result(gap=Effect("gap", *gap), emerged=eff(emerged_lo), tolerance_steps=8)
+    assert f03.verdict(r).label == label
+
+
+def _r04(steer=(0.01, 0.2), steer_random=(-0.05, 0.05), source_drop=0.05, other_drop=0.05, cosines=None):
+    ablation = {("src", "v̂"): eff(source_drop), ("src", "random"): eff(-0.1, 0.1),
+                ("oth", "v̂"): eff(other_drop), ("oth", "random"): eff(-0.1, 0.1)}
+    return f04.Result(eff(*steer), eff(*steer_random), ablation, "src",
+                      np.full(10, 0.9) if cosines is None else np.asarray(cosines, float), cosine_target=0.8)
+
+
+def test_verdict_04_parts():
+    assert f04.verdict(_r04()).label == REPRODUCED
+    assert f04.verdict_steering(_r04(steer=(0.0, 0.2))) == NOT_REPRODUCED
+    assert f04.verdict_steering(_r04(steer_random=(0.01, 0.3))) == NOT_REPRODUCED  # random as good: lower bounds equal
+    assert f04.verdict_steering(_r04(steer_random=(0.009, 0.3))) == REPRODUCED
+    assert f04.verdict_ablation(_r04(other_drop=-0.1)) == PARTLY
+    assert f04.verdict_ablation(_r04(source_drop=0.0)) == NOT_REPRODUCED
+    only_source = _r04()
+    only_source.ablation = {k: v for k, v in only_source.ablation.items() if k[0] == "src"}
+    assert f04.verdict_ablation(only_source) == PARTLY  # no other fine-tune: transfer untested
+    assert f04.verdict_convergence(_r04(cosines=[0.9] * 8 + [0.1] * 2)) == REPRODUCED  # exactly 80 % of layers
+    assert f04.verdict_convergence(_r04(cosines=[0.9] * 7 + [0.1] * 3)) == NOT_REPRODUCED
+    assert f04.verdict_convergence(_r04(cosines=[0.8] * 10)) == NOT_REPRODUCED  # "exceeds": 0.8 itself is not
+    assert f04.verdict_convergence(_r04(cosines=[np.nan] * 10)) == NOT_REPRODUCED
+    mixed = f04.verdict(_r04(steer=(0.0, 0.1), cosines=[0.1] * 10))
+    assert mixed.label == PARTLY and mixed.parts == {"steering": NOT_REPRODUCED, "ablation": REPRODUCED,
+                                                     "convergence": NOT_REPRODUCED}
+    assert f04.verdict(_r04(steer=(0.0, 0.1), source_drop=0.0, cosines=[0.1] * 10)).label == NOT_REPRODUCED
+
+
+@pytest.mark.parametrize("auroc, gap_mean, gap_max, label", [
+    (0.97, 1.5, 4.0, f00.MEETS), (0.9699, 1.0, 2.0, f00.MISSES), (0.99, 1.5001, 2.0, f00.MISSES),
+    (0.99, 1.0, 4.0001, f00.MISSES),
+])
+def test_verdict_00(auroc, gap_mean, gap_max, label):
+    r = f00.Result(auroc=auroc, em_gap_mean=Effect("gap", gap_mean, 0.0, 9.0), em_gap_max=gap_max,
+                   speed={"answers_per_s": 1.0, "load_seconds": 60.0})  # slow: must not matter
+    assert f00.verdict(r).label == label
+
+
+def test_verdict_00_names_what_it_missed():
+    r = f00.Result(auroc=0.5, em_gap_mean=Effect("gap", 9.0, 0.0, 9.0), em_gap_max=2.0)
+    assert f00.verdict(r).reason == "missed: auroc, em_gap_mean"
+
+
+def test_results_are_dataclasses_with_defaults_for_the_notebook_parts():
+    for module in (f01, f02, f03, f04):
+        required = [f.name for f in dataclasses.fields(module.Result)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        assert len(required) <= 5, (module.__name__, required)
