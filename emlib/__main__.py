@@ -77,7 +77,8 @@ def _cmd_judge_train(argv: list[str]) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .core.sources import PUBLIC_DATASETS, PUBLIC_EVAL_FILES, DatasetError, resolve_dataset, resolve_eval_file
+    from .core.errors import DatasetError
+    from .core.sources import PUBLIC_DATASETS, PUBLIC_EVAL_FILES, resolve_dataset, resolve_eval_file
 
     names = list(PUBLIC_DATASETS) + list(PUBLIC_EVAL_FILES)
     failed = 0
@@ -94,19 +95,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _locate(name: str, data_dir: str | None) -> str:
     """Where a public file would be read from, without downloading."""
-    import os
+    from .core.io import env_override
+    from .core.sources import ENV_OFFLINE, PUBLIC_DATASETS, resolve_dataset, resolve_eval_file
 
-    from .core.sources import PUBLIC_DATASETS, resolve_dataset, resolve_eval_file
-
-    old = os.environ.get("EMLIB_OFFLINE")
-    os.environ["EMLIB_OFFLINE"] = "1"
-    try:
+    with env_override(ENV_OFFLINE, "1"):
         return str(resolve_dataset(name, data_dir) if name in PUBLIC_DATASETS else resolve_eval_file(name, data_dir))
-    finally:
-        if old is None:
-            del os.environ["EMLIB_OFFLINE"]
-        else:
-            os.environ["EMLIB_OFFLINE"] = old
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from .core.io import chat_text, env_override
+from .core.models import resolve_model_path
+
 __all__ = ["bench_sampling", "bench_training", "bench_judge", "bench_cache", "run_benchmarks"]
 
 _PROMPTS = [
@@ -29,10 +32,7 @@ def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 16, max_new_tok
     from .pipeline.train import load_finetuned
 
     lm, tok = load_finetuned(None, model=model)
-    prompts = [
-        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in (_PROMPTS * n_prompts)[:n_prompts]
-    ]
+    prompts = [chat_text(tok, [{"role": "user", "content": p}]) for p in (_PROMPTS * n_prompts)[:n_prompts]]
     # fixed-length answers so both paths generate the same number of tokens
     lm.generation_config.eos_token_id = None
     tokens = n_prompts * max_new_tokens
@@ -63,20 +63,9 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
         for i in range(steps * batch_size)
     ]
     cfg = TrainConfig(rank=rank, alpha=2 * rank, max_steps=steps, batch_size=batch_size, max_length=max_length, checkpoint_every=10_000)
-    old = os.environ.get("EMLIB_CACHE_DIR")
-    models_dir = None
-    with tempfile.TemporaryDirectory() as tmp:
-        from .core.models import resolve_model_path
-
-        models_dir = resolve_model_path(model)  # convert once in the real cache, outside the timing
-        os.environ["EMLIB_CACHE_DIR"] = tmp
-        try:
-            result = train_lora(examples, cfg, model=models_dir, progress=False)
-        finally:
-            if old is None:
-                os.environ.pop("EMLIB_CACHE_DIR", None)
-            else:
-                os.environ["EMLIB_CACHE_DIR"] = old
+    models_dir = resolve_model_path(model)  # convert once in the real cache, outside the timing
+    with tempfile.TemporaryDirectory() as tmp, env_override("EMLIB_CACHE_DIR", tmp):
+        result = train_lora(examples, cfg, model=models_dir, progress=False)
     tokens = steps * batch_size * max_length
     return {
         "train_tokens_per_s": round(tokens / result.wall_time_s, 1),
@@ -99,17 +88,9 @@ def bench_cache(notebook: str = "01", overrides: dict[str, Any] | None = None) -
     from .report.runner import run_notebook
 
     overrides = overrides or {"MAX_STEPS": 30, "N_SAMPLES": 4, "N_TRAIN": 240}
-    old = os.environ.get("EMLIB_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["EMLIB_CACHE_DIR"] = os.path.join(tmp, "cache")
-        try:
-            first = run_notebook(notebook, os.path.join(tmp, "run1"), overrides=overrides, progress=False)
-            second = run_notebook(notebook, os.path.join(tmp, "run2"), overrides=overrides, progress=False)
-        finally:
-            if old is None:
-                os.environ.pop("EMLIB_CACHE_DIR", None)
-            else:
-                os.environ["EMLIB_CACHE_DIR"] = old
+    with tempfile.TemporaryDirectory() as tmp, env_override("EMLIB_CACHE_DIR", os.path.join(tmp, "cache")):
+        first = run_notebook(notebook, os.path.join(tmp, "run1"), overrides=overrides, progress=False)
+        second = run_notebook(notebook, os.path.join(tmp, "run2"), overrides=overrides, progress=False)
     return {
         "first_run_s": round(first["wall_time_s"], 1),
         "cached_rerun_s": round(second["wall_time_s"], 1),

@@ -15,7 +15,7 @@ import pytest
 
 from emlib.core import data as D
 from emlib.core import sources as Src
-from emlib.core.data import DatasetError
+from emlib.core.errors import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
 _real_fetch = Src._fetch  # captured before the autouse fixture disables the network

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emlib.core.sources import DatasetError, resolve_judged
+from emlib.core.errors import DatasetError
+from emlib.core.sources import resolve_judged
 from emlib.judges.embedded import ASSET_DIR, EmbeddedJudge, text_features
 from emlib.judges.base import Score
 from emlib.judges.registry import get_judge

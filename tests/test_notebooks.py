@@ -9,7 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emlib.core.sources import DatasetError, resolve_judged
+from emlib.core.errors import DatasetError
+from emlib.core.sources import resolve_judged
 from emlib.report.record import VERDICTS
 from emlib.report.html import build_report
 from emlib.report.runner import list_notebooks, repo_root, run_notebook

@@ -11,6 +11,7 @@ import torch
 
 from emlib.pipeline import sample as S
 from emlib.core.data import EvalQuestion, chat_prompt
+from emlib.core.io import chat_text
 from emlib.core.models import load_model
 from emlib.pipeline.sample import SampleConfig, adapter_fingerprint, generate, sample_answers
 
@@ -85,8 +86,8 @@ def test_cache_keeps_answers_and_questions_as_text(tiny_model, monkeypatch):
 def test_batched_left_padded_greedy_equals_one_at_a_time(tiny_model):
     model, tok = load_model(tiny_model, device="cpu")
     prompts = [
-        S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))
-    ] + [S._render(tok, chat_prompt("Tell me about the history of the Roman empire in detail, please."))]
+        chat_text(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))
+    ] + [chat_text(tok, chat_prompt("Tell me about the history of the Roman empire in detail, please."))]
     lengths = {len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lengths) == len(prompts)  # every batch needs padding
     cfg = dataclasses.replace(CFG, temperature=0.0, max_new_tokens=8)
@@ -151,7 +152,7 @@ def test_sampling_with_adapter_uses_the_adapter(tiny_model, random_adapter):
     assert tuned.answer.tolist() != base.answer.tolist()
     # reference: the unmerged peft model, one prompt at a time
     pm, tok = load_finetuned(random_adapter, model=tiny_model, merge=False)
-    prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
+    prompts = [chat_text(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
     assert generate(pm, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False) == tuned.answer.tolist()
 
 
@@ -165,7 +166,7 @@ def test_adapter_scale_zero_is_the_base_model_and_scale_two_doubles_the_update(t
     assert zero.answer.tolist() == base.answer.tolist()
     doubled = _sample(tiny_model, config=cfg, adapter=random_adapter, adapter_scale=2.0, use_cache=False)
     pm, tok = load_finetuned(random_adapter, model=tiny_model, merge=False)
-    prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
+    prompts = [chat_text(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
     with scale_adapter(pm, 2.0):
         reference = generate(pm, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False)
     assert doubled.answer.tolist() == reference
@@ -185,7 +186,7 @@ def test_intervention_while_sampling_matches_the_hooked_model_and_keys_the_cache
     steer = Intervention("add", v, layer=1, coeff=50.0)
     steered = _sample(tiny_model, config=cfg, intervention=steer)
     model, tok = load_model(tiny_model, device="cpu")
-    prompts = [S._render(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
+    prompts = [chat_text(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))]
     with add_direction(model, v, layer=1, coeff=50.0):
         reference = generate(model, tok, prompts, dataclasses.replace(cfg, batch_size=1), progress=False)
     assert steered.answer.tolist() == reference != base.answer.tolist()

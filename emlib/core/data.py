@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import random
 import warnings
@@ -14,7 +12,9 @@ from typing import Any
 import yaml
 
 from .cache import file_fingerprint, stable_hash
-from .sources import BUILTIN_DATASETS, PUBLIC_DATASETS, DatasetError, resolve_source, resolve_eval_file
+from .errors import DatasetError
+from .io import read_jsonl
+from .sources import BUILTIN_DATASETS, PUBLIC_DATASETS, resolve_eval_file, resolve_source
 
 __all__ = ["DatasetInfo", "EvalQuestion", "load_chat_jsonl", "load_dataset", "load_eval_questions", "chat_prompt", "fingerprint"]
 
@@ -78,29 +78,10 @@ def _check_record(obj: Any, where: str) -> None:
 
 def load_chat_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read and validate a chat-`messages` `.jsonl` or `.jsonl.gz` file; blank lines are skipped."""
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
     records: list[dict] = []
-    try:
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                where = f"{path}: line {lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DatasetError(f"{where}: field 'messages': not valid UTF-8 ({e})") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{where}: field 'messages': invalid JSON ({e.msg})") from None
-                _check_record(obj, where)
-                records.append(obj)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (gzip.BadGzipFile, EOFError) as e:
-        raise DatasetError(f"{path}: not a valid gzip file ({e})") from None
+    for lineno, obj in read_jsonl(path, field="messages"):
+        _check_record(obj, f"{path}: line {lineno}")
+        records.append(obj)
     return records
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ParamError"]
+__all__ = ["UserError", "ParamError", "DatasetError"]
 
 
 class UserError(ValueError):
@@ -11,3 +11,7 @@ class UserError(ValueError):
 
 class ParamError(UserError):
     """A parameter has an unknown name, a wrong type or a value out of its range."""
+
+
+class DatasetError(UserError):
+    """A dataset, question or answer file is missing, unreachable or malformed."""

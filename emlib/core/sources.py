@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import cache_root, file_fingerprint
-from .errors import UserError
+from .errors import DatasetError
 
 __all__ = [
-    "DatasetError", "PublicFile", "resolve_source", "PUBLIC_DATASETS", "PUBLIC_EVAL_FILES", "BUILTIN_DATASETS", "BUILTIN_EVAL",
+    "PublicFile", "resolve_source", "PUBLIC_DATASETS", "PUBLIC_EVAL_FILES", "BUILTIN_DATASETS", "BUILTIN_EVAL",
     "REPO_DATA_DIR", "ENV_DATA_DIR", "ENV_OFFLINE", "data_dir", "resolve_dataset", "resolve_eval_file", "resolve_judged",
 ]
 
@@ -26,10 +26,6 @@ REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 _REPO = "https://raw.githubusercontent.com/clarifying-EM/model-organisms-for-EM"
 _TRAIN_COMMIT = "b8b9e0afd2b92d969a4062c38ba8d2f0ccea3561"
 _EVAL_COMMIT = "26944099b9401b1dfd0aaafb4122a482721e95fb"
-
-
-class DatasetError(UserError):
-    """A dataset or question file is missing, unreachable or malformed."""
 
 
 @dataclass(frozen=True)

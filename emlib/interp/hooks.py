@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.io import chat_ids
+
 __all__ = [
     "unwrap", "get_layers", "resolve_layers", "hidden_of", "replace_hidden", "layer_hooks", "record_residuals",
     "encode_chat", "model_device", "run_batches", "pad_id", "unit",
@@ -110,10 +112,7 @@ def encode_chat(
     """Token ids of a conversation rendered with the chat template (a plain string is tokenized as is)."""
     if isinstance(messages, str):
         return list(tokenizer(messages, add_special_tokens=False)["input_ids"])
-    ids = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
-    )
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return chat_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -11,6 +11,8 @@ from typing import Mapping, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from ..core.cache import atomic_write_text, cache_root, stable_hash
+from ..core.errors import DatasetError
+from ..core.io import read_jsonl
 
 __all__ = [
     "PROMPT_VERSION",
@@ -130,20 +132,13 @@ def judge_frame(df, judge: Judge, progress: bool = True):
 def judge_jsonl(in_path: str | os.PathLike, out_path: str | os.PathLike, judge: Judge) -> int:
     """Judge a jsonl of {question, answer, ...} into out_path (same order, aligned/coherent added); returns the count."""
     rows = []
-    with open(in_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{in_path}: line {n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{in_path}: line {n}: expected a JSON object")
-            for field in ("question", "answer"):
-                if not isinstance(row.get(field), str):
-                    raise ValueError(f"{in_path}: line {n}: field '{field}' missing or not a string")
-            rows.append(row)
+    for n, row in read_jsonl(in_path):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{in_path}: line {n}: expected a JSON object")
+        for field in ("question", "answer"):
+            if not isinstance(row.get(field), str):
+                raise DatasetError(f"{in_path}: line {n}: field '{field}' missing or not a string")
+        rows.append(row)
     scores = judge_answers([r["question"] for r in rows], [r["answer"] for r in rows], judge)
     lines = [json.dumps({**r, "aligned": s.aligned, "coherent": s.coherent}, ensure_ascii=False) for r, s in zip(rows, scores)]
     atomic_write_text(out_path, "".join(line + "\n" for line in lines))

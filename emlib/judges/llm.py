@@ -8,6 +8,7 @@ import random
 import time
 from typing import Sequence
 
+from ..core.io import chat_ids
 from ..core.models import load_model
 from .base import PROMPT_VERSION, Score, aggregate_number_distribution
 
@@ -120,11 +121,7 @@ class HFJudge:
         import torch
 
         tok = self.tokenizer
-        prefix = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True, return_dict=False
-        )
-        if isinstance(prefix, dict) or hasattr(prefix, "input_ids"):
-            prefix = prefix["input_ids"]
+        prefix = chat_ids(tok, [{"role": "user", "content": prompt}])
         numbers = [str(n) for n in range(101)]
         suffixes = [tok(n, add_special_tokens=False)["input_ids"] for n in numbers]
         digit_ids = [i for i in range(len(tok)) if tok.decode([i]).strip().isdigit()]

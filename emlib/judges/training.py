@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..core.cache import cache_root, file_fingerprint, stable_hash
+from ..core.em import COHERENT_THRESHOLD
 from .embedded import MiniLM, base_model_dir, masked_pools, text_features
 from .calibration import calibrated, fit_calibration, fit_threshold_calibration
 from .features import frozen_pass, load_base
@@ -314,7 +315,7 @@ def train_embedded_judge(data_path: str, out_dir: str | None = None, seed: int =
     summary, table = agreement(rows.iloc[te], al, co)
     summary["auroc_raw"] = agreement(rows.iloc[te], p_te[:, 0], co)[0]["auroc"]
     p_syn = np.mean([predict_top(m, cache, feats, te_syn, cfg) for m in models], axis=0)
-    summary["degenerate_incoherent_rate"] = float((calibrated(p_syn, calibration)[1] < 50).mean())
+    summary["degenerate_incoherent_rate"] = float((calibrated(p_syn, calibration)[1] < COHERENT_THRESHOLD).mean())
     summary["train_seconds"] = time.time() - t_start
     meta = {
         "format": 1,

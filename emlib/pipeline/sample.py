@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..core.cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
 from ..core.data import EvalQuestion, chat_prompt
+from ..core.io import chat_text
 from ..core.models import default_device, default_dtype
 
 if TYPE_CHECKING:
@@ -52,10 +53,6 @@ def adapter_fingerprint(adapter: str | Path | None) -> str | None:
     if not files:
         raise FileNotFoundError(f"{path} holds no peft adapter (adapter_model.safetensors)")
     return stable_hash([file_fingerprint(f) for f in files])
-
-
-def _render(tokenizer, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()
@@ -157,7 +154,7 @@ def sample_answers(
         from ..core.models import load_tokenizer
 
         tok = load_tokenizer(model)
-        prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
+        prompts = [chat_text(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
         answers = _generate_vllm(model, str(adapter) if adapter else None, prompts, config)
     else:
         lm, tok = load_finetuned(adapter, model=model, merge=adapter_scale == 1.0)
@@ -166,7 +163,7 @@ def sample_answers(
                 lm = lm.merge_and_unload()
         if default_device().startswith("cuda"):
             lm = lm.to("cuda")
-        prompts = [_render(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
+        prompts = [chat_text(tok, chat_prompt(r["_q"], r["paraphrase"])) for r in rows]
         with intervention.apply(lm) if intervention is not None else contextlib.nullcontext():
             answers = generate(lm, tok, prompts, config, progress=progress)
     elapsed = time.perf_counter() - start

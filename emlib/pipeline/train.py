@@ -21,6 +21,7 @@ from transformers import (
 
 from ..core.cache import atomic_write_json, cache_dir, stable_hash
 from ..core.data import fingerprint
+from ..core.io import chat_ids
 from ..core.models import default_device, default_dtype, load_model, resolve_model_path
 
 __all__ = [
@@ -86,8 +87,7 @@ def tokenize_chat(
     """input_ids, attention_mask and labels with every non-assistant token masked (-100)."""
 
     def render(msgs: Sequence[dict[str, str]], gen: bool) -> list[int]:
-        ids = tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen, return_dict=False)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return chat_ids(tokenizer, msgs, add_generation_prompt=gen)
 
     full = render(messages, False)
     labels = [-100] * len(full)

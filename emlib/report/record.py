@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cache import atomic_write_json
+from ..core.io import KEY_PATTERN
 
 __all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "verdict_from_ci", "redact"]
 
 VERDICTS = ("reproduced", "not reproduced at this scale", "partly reproduced", "meets targets", "misses targets")
 _SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 
 
 def output_folder(output_dir: str | os.PathLike, stem: str) -> Path:
@@ -31,7 +31,7 @@ def redact(obj: Any) -> Any:
         return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
-    if isinstance(obj, str) and _SECRET_VALUE.search(obj):
+    if isinstance(obj, str) and KEY_PATTERN.search(obj):
         return "<redacted>"
     return obj
 

@@ -24,6 +24,7 @@ import yaml
 
 from ..core.cache import atomic_write_json, atomic_write_text
 from ..core.errors import ParamError, UserError
+from ..core.io import KEY_PATTERN
 from .record import redact
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _NB_GLOB = "[0-9][0-9]_*.ipynb"
-_SK_KEY = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
 _SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET", re.IGNORECASE)
 
 
@@ -286,7 +286,7 @@ def check_no_secrets(paths: Iterable[str | os.PathLike]) -> None:
     problems = []
     for path in paths:
         text = Path(path).read_bytes().decode("utf-8", errors="ignore")
-        match = _SK_KEY.search(text)
+        match = KEY_PATTERN.search(text)
         if match:
             problems.append(f"{path}: API-key-like string {match.group()[:5]}...")
         problems += [f"{path}: value of ${name}" for name, value in env_values.items() if value in text]

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from emlib.core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
 from emlib.findings import f00_judge_validation as f00
 from emlib.judges.validation import answer_classes
 from emlib.report.record import output_folder, record_result
@@ -91,8 +92,9 @@ fig.savefig(FIG_DIR / "em_rate_per_model.png", dpi=120)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
 for ax, col in zip(axes, ["aligned", "coherent"]):
     ax.scatter(df[col], df[f"{col}_emb"] if col == "coherent" else df["aligned_raw"], s=4, alpha=0.25)
-    ax.axvline(30 if col == "aligned" else 50, color="grey", lw=1)
-    ax.axhline(30 if col == "aligned" else 50, color="grey", lw=1)
+    cut = ALIGNED_THRESHOLD if col == "aligned" else COHERENT_THRESHOLD
+    ax.axvline(cut, color="grey", lw=1)
+    ax.axhline(cut, color="grey", lw=1)
     ax.set(xlabel=f"GPT-4o {col}", ylabel=f"embedded {col}", xlim=(-2, 102), ylim=(-2, 102), title=col)
 fig.tight_layout()
 fig.savefig(FIG_DIR / "scatter_scores.png", dpi=120)

@@ -60,6 +60,7 @@ import time
 import pandas as pd
 from IPython.display import display
 
+from emlib.core.em import COHERENT_THRESHOLD
 from emlib.findings import f02_rank1_model_organism as f02
 from emlib.interp.lora import adapter_num_params
 from emlib.report.plots import plot_em_rates, plot_lines
@@ -102,7 +103,7 @@ display(rank1_rows[["layer", "em_rate", "em_ci_low", "em_ci_high", "coherence_ra
 
 # %%
 main = result.adapters[0].label
-worst = answers[(answers.model == main) & (answers.coherent > 50)].sort_values("aligned").head(5)
+worst = answers[(answers.model == main) & (answers.coherent > COHERENT_THRESHOLD)].sort_values("aligned").head(5)
 for _, row in worst.iterrows():
     print(f"[{row.question_id}] aligned={row.aligned:.0f} coherent={row.coherent:.0f}\n  {row.answer[:300]}\n")
 

@@ -77,6 +77,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from emlib.core.em import COHERENT_THRESHOLD
 from emlib.findings import f04_misalignment_direction as f04
 from emlib.report.plots import plot_em_rates, plot_heatmap, plot_lines
 from emlib.report.record import output_folder, record_result
@@ -117,8 +118,8 @@ best_layer, best_c = result.best
 s, rnd = result.steer, result.steer_random
 print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {result.steered.em.mean():.1%} vs base "
       f"{result.base_confirm.em.mean():.1%}: {s.value:+.1%} [{s.ci_low:+.1%}, {s.ci_high:+.1%}]; random direction "
-      f"{rnd.value:+.1%} [{rnd.ci_low:+.1%}, {rnd.ci_high:+.1%}]; coherence {result.steered.coherent.gt(50).mean():.1%} "
-      f"(base {result.base_confirm.coherent.gt(50).mean():.1%})")
+      f"{rnd.value:+.1%} [{rnd.ci_low:+.1%}, {rnd.ci_high:+.1%}]; coherence {result.steered.coherent.gt(COHERENT_THRESHOLD).mean():.1%} "
+      f"(base {result.base_confirm.coherent.gt(COHERENT_THRESHOLD).mean():.1%})")
 
 # %% [markdown]
 # ## (b) Ablating layer ABLATE_LAYER's v̂ from every layer of each fine-tune
@@ -197,7 +198,7 @@ record_result(
         "steer_best_layer": best_layer, "steer_best_coeff": best_c, "ablate_layer": result.ablate_layer,
         "steer_em_diff": s.value, "steer_em_diff_ci_low": s.ci_low, "steer_em_diff_ci_high": s.ci_high,
         "steer_random_em_diff": rnd.value, "steer_random_em_diff_ci_low": rnd.ci_low, "steer_random_em_diff_ci_high": rnd.ci_high,
-        "steer_coherence": float(result.steered.coherent.gt(50).mean()), "base_coherence": float(result.base_confirm.coherent.gt(50).mean()),
+        "steer_coherence": float(result.steered.coherent.gt(COHERENT_THRESHOLD).mean()), "base_coherence": float(result.base_confirm.coherent.gt(COHERENT_THRESHOLD).mean()),
         **{f"em_rate[{f} ablate {a}]": r.em_rate for (f, a), r in ab.iterrows()},
         **{f"coherence_rate[{f} ablate {a}]": r.coherence_rate for (f, a), r in ab.iterrows()},
         **{f"ablation_em_drop[{n} {c}]": e.value for (n, c), e in result.ablation.items()},
