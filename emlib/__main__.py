@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .core.errors import UserError
@@ -42,9 +43,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .findings import validate
     from .report.html import NotebookRunError, build_report, default_run_dir, run_all
+    from .report.runner import check_no_secrets, run_files
 
     run_dir = default_run_dir(args.run)
     if args.rebuild:
+        if not run_dir.is_dir():
+            raise UserError(f"--rebuild: no run folder {run_dir}; run `python -m emlib report --run NAME` first")
+        check_no_secrets(run_files(run_dir))
         print(build_report(run_dir))
         return 0
     try:
@@ -61,6 +66,15 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from .judges.base import judge_jsonl
     from .judges.registry import get_judge
 
+    from .findings.base import check_judge
+
+    check_judge(args.judge, args.model or "")
+    if not Path(args.inp).is_file():
+        raise UserError(f"--in {args.inp}: no such file")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give the path of the output .jsonl file")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise UserError(f"--out {args.out}: its folder does not exist")
     kwargs = {"model": args.model} if args.model else {}
     if args.base_url:
         kwargs["base_url"] = args.base_url
@@ -90,6 +104,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         except DatasetError as e:
             failed += 1
             print(f"{name:28s} unavailable: {e}")
+    if failed and args.action == "list":
+        print("Notebooks run without these on emlib's own built-in sets (finance data, 8 questions) and say so in the "
+              "report; give a data folder with --data-dir or $EMLIB_DATA_DIR, or `python -m emlib data fetch`.")
     return 1 if failed and args.action == "fetch" else 0
 
 
@@ -155,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "judge-train":
-        return _cmd_judge_train(argv[1:])
+        try:
+            return _cmd_judge_train(argv[1:])
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -164,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        kept = str(e) or "finished steps (fine-tune checkpoints, samples, judgements) are cached"
+        print(f"interrupted: {kept}; re-run the same command to go on", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -123,3 +123,92 @@ def test_list_parameters_take_comma_lists(monkeypatch):
     values = {**{k: runner._literal(v["default"]) for k, v in __import__("papermill").inspect_notebook(
         str(runner.resolve_notebook("02"))).items() if k != "OUTPUT_DIR"}, **_overrides([["SWEEP_DEPTHS", "0.5,0.75"]])}
     assert f02.Params.from_values(values).sweep_depths == [0.5, 0.75]
+
+
+FAKE_KEY = "sk-" + "proj-" + "A1b2C3d4E5f6G7h8I9j0"  # built at run time: no key-like literal in the repository
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    good = _write(tmp / "good.jsonl", [json.dumps({"question": "q", "answer": "a"})])
+    malformed = _write(tmp / "malformed.jsonl", [json.dumps({"question": "q", "answer": "a"}), "{not json"])
+    no_answer = _write(tmp / "no_answer.jsonl", [json.dumps({"question": "q"})])
+    latin1 = tmp / "latin1.jsonl"
+    latin1.write_bytes(json.dumps({"question": "q", "answer": "a"}).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    (tmp / "outdir").mkdir()
+    params = tmp / "bad.yaml"
+    params.write_text("01_emergent_misalignment: {N_SAMPLES: [1, 2}\n")
+    return [
+        (["judge", "--in", str(tmp / "missing.jsonl"), "--out", str(tmp / "o.jsonl")], "missing.jsonl: no such file"),
+        (["judge", "--in", str(malformed), "--out", str(tmp / "o.jsonl")], "malformed.jsonl: line 2: invalid JSON"),
+        (["judge", "--in", str(no_answer), "--out", str(tmp / "o.jsonl")], "no_answer.jsonl: line 1: field 'answer'"),
+        (["judge", "--in", str(latin1), "--out", str(tmp / "o.jsonl")], "latin1.jsonl: line 2: not valid UTF-8"),
+        (["judge", "--in", str(good), "--out", str(tmp / "outdir")], "outdir: is a folder"),
+        (["judge", "--judge", "hf", "--in", str(good), "--out", str(tmp / "o.jsonl")], "the hf judge needs a model"),
+        (["judge-train", "--data", str(tmp / "missing.gz")], "missing.gz: no such file"),
+        (["run", "01", "-f", str(params)], "bad.yaml: line 1 invalid YAML"),
+        (["run", "01", "-f", str(tmp / "nope.yaml")], "nope.yaml: params file not found"),
+        (["run", "01", "-p", "DATASET", FAKE_KEY], "parameter DATASET: its value looks like a credential"),
+        (["report", "--rebuild", "--run", "no_such_run"], "--rebuild: no run folder"),
+    ]
+
+
+def test_bad_input_table(tmp_path, capsys, monkeypatch):
+    """Every bad input: exit 2, one line naming the place, no traceback, the key never echoed, nothing left behind."""
+    import emlib.report.html as html
+
+    monkeypatch.setattr(html, "repo_root", lambda: tmp_path / "repo")
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    for argv, message in _bad_inputs(tmp_path):
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert main([*argv, *(["--run", "x"] if argv[0] == "run" else [])]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (argv, err)
+        assert "Traceback" not in err and FAKE_KEY not in err and len(err.strip().splitlines()) <= 2
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before, f"{argv} left files behind"
+
+
+def test_a_key_in_the_environment_never_reaches_a_written_file(tmp_path, monkeypatch):
+    from emlib.core.cache import atomic_write_json
+    from emlib.core.errors import SecretLeakError
+
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "planted-secret-value-42")
+    target = tmp_path / "metrics.json"
+    with pytest.raises(SecretLeakError, match="MY_SERVICE_API_KEY") as info:
+        atomic_write_json(target, {"note": "planted-secret-value-42"}, scan=True)
+    assert "planted-secret-value-42" not in str(info.value)
+    with pytest.raises(SecretLeakError):
+        atomic_write_json(target, {"key": FAKE_KEY}, scan=True)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temp file
+    atomic_write_json(target, {"note": "fine"}, scan=True)
+    assert json.loads(target.read_text()) == {"note": "fine"}
+
+
+def test_interrupt_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    import emlib.judges.registry as registry
+
+    class Interrupting:
+        id = "interrupting"
+        calls = 0
+
+        def score(self, questions, answers):
+            Interrupting.calls += 1
+            if Interrupting.calls == 2:
+                raise KeyboardInterrupt
+            return [Score(50.0, 90.0) for _ in answers]
+
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "get_judge", lambda name, **kw: Interrupting())
+    rows = [json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(100)]
+    src = _write(tmp_path / "in.jsonl", rows)
+    assert main(["judge", "--in", str(src), "--out", str(tmp_path / "out.jsonl")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 64 of 100 answers judged and cached; re-run the same command to go on" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_data_list_mentions_the_builtin_fallback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EMLIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "built-in sets" in out and "unavailable" in out

@@ -397,3 +397,16 @@ def test_resolve_judged_without_the_file_says_how_to_provide_it(tmp_path):
         Src.resolve_judged(str(tmp_path))
     with pytest.raises(DatasetError, match=r"no data directory"):
         Src.resolve_judged()
+
+
+def test_builtin_questions_stand_in_only_without_any_data_dir(tmp_path, monkeypatch):
+    """The fallback is for the default public sets when no data directory exists at all, never for typos."""
+    with pytest.raises(DatasetError, match="unknown eval question set 'nonexistent_questions'"):
+        D.load_eval_questions("nonexistent_questions", fallback="builtin")
+    assert D.choose_eval_set("first_plot_questions", None, "builtin") == ("builtin", "first_plot_questions")
+    monkeypatch.setenv("EMLIB_DATA_DIR", str(tmp_path))  # a data dir that lacks the file: an error, no fallback
+    with pytest.raises(DatasetError):
+        D.load_eval_questions("first_plot_questions", fallback="builtin")
+    with pytest.raises(DatasetError):
+        D.load_dataset("insecure", n=2, fallback="builtin_risky_financial_advice")
+    assert D.may_fall_back("insecure", None, "builtin_risky_financial_advice") is False  # the env var is set

@@ -11,7 +11,7 @@ import pytest
 
 from emlib.report import html as report
 from emlib.report import runner
-from emlib.core.errors import ParamError
+from emlib.core.errors import ParamError, SecretLeakError
 from emlib.core.cache import atomic_write_json
 
 GOOD_PARAMS = 'OUTPUT_DIR = "out"\nX = 1\nY = "nb_default"\nZ = 0.5\nW = "nb_default"\n'
@@ -162,11 +162,11 @@ def test_check_no_secrets(tmp_path, monkeypatch):
     runner.check_no_secrets([clean])
     leaked_env = tmp_path / "env.html"
     leaked_env.write_text("<p>planted-value-1234</p>")
-    with pytest.raises(runner.SecretLeakError, match=r"MY_API_KEY"):
+    with pytest.raises(SecretLeakError, match=r"MY_API_KEY"):
         runner.check_no_secrets([clean, leaked_env])
     leaked_key = tmp_path / "nb.ipynb"
     leaked_key.write_text('{"x": "' + 'sk-' + 'abcdefghijklmnop1234"}')
-    with pytest.raises(runner.SecretLeakError, match="nb.ipynb") as info:
+    with pytest.raises(SecretLeakError, match="nb.ipynb") as info:
         runner.check_no_secrets([leaked_key])
     assert "abcdefghijklmnop" not in str(info.value)
 
@@ -180,7 +180,7 @@ def test_run_all_refuses_index_on_leak(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "run_notebook", fake_run)
     monkeypatch.setattr(report, "resolve_parameters", lambda nb, *a, **k: ({}, {}, []))
-    with pytest.raises(runner.SecretLeakError):
+    with pytest.raises(SecretLeakError):
         report.run_all(tmp_path / "run", notebook_dir=tmp_path)
     assert not (tmp_path / "run" / "index.html").exists()
 

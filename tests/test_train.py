@@ -254,3 +254,30 @@ def test_killed_run_resumes_to_the_same_result(tiny_model, tmp_path, monkeypatch
     assert [r["step"] for r in resumed.log] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in resumed.log if r["step"] > 3] == [r["loss"] for r in straight.log if r["step"] > 3]
     assert resumed.log == straight.log
+
+
+def test_truncation_that_drops_every_answer_stops_and_leaves_no_cache_entry(tiny_model, tmp_path, monkeypatch):
+    from emlib.core.errors import DatasetError
+
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path))
+    long_prompt = [{"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}] * 4
+    cfg = dataclasses.replace(CFG, max_steps=1, max_length=128)
+    with pytest.raises(DatasetError, match="all 4 training examples lose their whole assistant answer"):
+        train_lora(long_prompt, cfg, model=tiny_model, progress=False)
+    assert not (tmp_path / "adapters" / training_key(tiny_model, long_prompt, cfg)).exists()
+    mixed = long_prompt[:1] + EXAMPLES[:3]
+    with pytest.warns(UserWarning, match="1 of 4 training examples lose their whole assistant answer"):
+        train_lora(mixed, cfg, model=tiny_model, progress=False)
+
+
+def test_a_failed_training_removes_its_partial_cache_entry(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path))
+    cfg = dataclasses.replace(CFG, max_steps=2)
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train_lora(EXAMPLES, cfg, model=tiny_model, progress=False, callbacks=[Boom()])
+    assert not (tmp_path / "adapters" / training_key(tiny_model, EXAMPLES, cfg)).exists()

@@ -12,6 +12,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .io import check_secrets
+
 __all__ = [
     "cache_root",
     "stable_hash",
@@ -72,9 +74,14 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to a temp file beside `path` (usual permissions), then rename it into place."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, scan: bool = False) -> Path:
+    """Write bytes to a temp file beside `path` (usual permissions), then rename it into place.
+
+    With `scan`, text that holds a credential (core.io.check_secrets) raises SecretLeakError and nothing is written.
+    """
     path = Path(path)
+    if scan:
+        check_secrets(data.decode("utf-8", errors="ignore"), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -89,14 +96,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically (temp file, then rename)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, scan: bool = False) -> Path:
+    """Write UTF-8 text atomically (temp file, then rename); `scan` as in atomic_write_bytes."""
+    return atomic_write_bytes(path, text.encode("utf-8"), scan=scan)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temp file, then rename)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, scan: bool = False) -> Path:
+    """Write JSON atomically (temp file, then rename); `scan` as in atomic_write_bytes."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", scan=scan)
 
 
 @contextlib.contextmanager

@@ -14,9 +14,13 @@ import yaml
 from .cache import file_fingerprint, stable_hash
 from .errors import DatasetError
 from .io import read_jsonl
-from .sources import BUILTIN_DATASETS, PUBLIC_DATASETS, resolve_eval_file, resolve_source
+from .sources import BUILTIN_DATASETS, PUBLIC_DATASETS, PUBLIC_EVAL_FILES, resolve_eval_file, resolve_source
+from .sources import data_dir as sources_data_dir
 
-__all__ = ["DatasetInfo", "EvalQuestion", "load_chat_jsonl", "load_dataset", "load_eval_questions", "chat_prompt", "fingerprint"]
+__all__ = [
+    "DatasetInfo", "EvalQuestion", "load_chat_jsonl", "load_dataset", "may_fall_back", "choose_eval_set",
+    "load_eval_questions", "chat_prompt", "fingerprint",
+]
 
 ROLES = ("system", "user", "assistant")
 
@@ -106,7 +110,7 @@ def load_dataset(
         try:
             path, source = resolve_source(name, data_dir)
         except DatasetError as e:
-            if fallback is None:
+            if not may_fall_back(name, data_dir, fallback):
                 raise
             warnings.warn(f"dataset {name!r} unavailable ({e}); using built-in {fallback!r} instead", stacklevel=2)
             fell_back_from, name = name, fallback
@@ -134,6 +138,23 @@ def load_dataset(
     return examples, info
 
 
+def may_fall_back(name: str, data_dir: str | None, fallback: str | None) -> bool:
+    """The built-in fallback stands in only for a public set, only when no data directory is configured at all."""
+    public = name in PUBLIC_DATASETS or name.removesuffix(".yaml") in PUBLIC_EVAL_FILES
+    return fallback is not None and public and sources_data_dir(data_dir) is None
+
+
+def choose_eval_set(name: str, data_dir: str | None, fallback: str | None) -> tuple[str, str | None]:
+    """(the question set to load, the requested one when it fell back to `fallback`, else None)."""
+    try:
+        resolve_eval_file(name, data_dir)
+        return name, None
+    except DatasetError:
+        if not may_fall_back(name, data_dir, fallback):
+            raise
+        return str(fallback), name
+
+
 def load_eval_questions(
     name_or_path: str = "builtin",
     data_dir: str | None = None,
@@ -141,14 +162,15 @@ def load_eval_questions(
     include_variants: bool = False,
     fallback: str | None = None,
 ) -> list[EvalQuestion]:
-    """Load and validate eval questions; by default drop `_json`/`_template` variants; `ids` picks some."""
-    try:
-        path = resolve_eval_file(name_or_path, data_dir)
-    except DatasetError as e:
-        if fallback is None:
-            raise
-        warnings.warn(f"eval questions {name_or_path!r} unavailable ({e}); using {fallback!r} instead")
-        return load_eval_questions(fallback, data_dir, include_variants=include_variants)
+    """Load and validate eval questions; by default drop `_json`/`_template` variants; `ids` picks some.
+
+    `fallback` (e.g. "builtin") is used only as `may_fall_back` allows: see `choose_eval_set`.
+    """
+    name, fell_back_from = choose_eval_set(name_or_path, data_dir, fallback)
+    if fell_back_from is not None:
+        warnings.warn(f"eval questions {fell_back_from!r} unavailable without a data directory; using {name!r} instead")
+        return load_eval_questions(name, data_dir, include_variants=include_variants)
+    path = resolve_eval_file(name_or_path, data_dir)
     try:
         items = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

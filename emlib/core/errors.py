@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ParamError", "DatasetError"]
+__all__ = ["UserError", "ParamError", "DatasetError", "SecretLeakError"]
 
 
 class UserError(ValueError):
@@ -15,3 +15,7 @@ class ParamError(UserError):
 
 class DatasetError(UserError):
     """A dataset, question or answer file is missing, unreachable or malformed."""
+
+
+class SecretLeakError(UserError):
+    """Something that looks like a credential was about to be written (or was found) in an output."""

@@ -11,11 +11,28 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import DatasetError
+from .errors import DatasetError, SecretLeakError
 
-__all__ = ["KEY_PATTERN", "read_jsonl", "env_override", "chat_ids", "chat_text"]
+__all__ = ["KEY_PATTERN", "secret_hits", "check_secrets", "read_jsonl", "env_override", "chat_ids", "chat_text"]
 
 KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")  # an OpenAI-style secret key
+_SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET", re.IGNORECASE)
+
+
+def secret_hits(text: str) -> list[str]:
+    """What in `text` looks like a credential: a key pattern or the value of a *API_KEY*/*TOKEN*/*SECRET* variable
+    (described without the value itself)."""
+    hits = ["an API-key-like string"] if KEY_PATTERN.search(text) else []
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name) and len(value) >= 8 and not value.startswith(("/", "~")) and value in text:
+            hits.append(f"the value of ${name}")
+    return hits
+
+
+def check_secrets(text: str, where: str) -> None:
+    """SecretLeakError naming `where` and what was found, if `text` holds a credential."""
+    if hits := secret_hits(text):
+        raise SecretLeakError(f"{where}: holds {' and '.join(hits)}; nothing was written")
 
 
 def read_jsonl(path: str | os.PathLike, field: str = "") -> Iterator[tuple[int, Any]]:

@@ -1,12 +1,20 @@
-"""Bootstrap confidence intervals and small array helpers, numpy only."""
+"""Bootstrap confidence intervals (answer-level, and clustered: seeds > questions > answers) and array helpers, numpy only."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["as_float_array", "bootstrap_ci", "bootstrap_diff_ci"]
+__all__ = [
+    "Estimate",
+    "as_float_array",
+    "bootstrap_ci",
+    "bootstrap_diff_ci",
+    "hierarchical_bootstrap",
+    "hierarchical_diff",
+]
 
 
 def as_float_array(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
@@ -48,3 +56,284 @@ def bootstrap_diff_ci(
     db = xb[rng.integers(0, xb.size, size=(n_boot, xb.size))].mean(axis=1)
     lo, hi = np.quantile(da - db, [alpha / 2, 1 - alpha / 2])
     return float(xa.mean() - xb.mean()), float(lo), float(hi)
+
+
+# ---------------------------------------------------------------- hierarchical (clustered) bootstrap
+
+WEIGHTS = ("answers", "questions")
+PAIRINGS = ("questions", "answers", "none")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its percentile bootstrap CI, what it counted, and how the CI was computed.
+
+    Pass it on to a finding's record as `Effect(name, e.value, e.ci_low, e.ci_high, e.ci_method)` and keep
+    `n_seeds`, `n_questions`, `n_answers` beside it (`to_dict()` has all fields).
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n_seeds: int
+    n_questions: int
+    n_answers: int
+    ci_method: str
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """(ci_low, ci_high)."""
+        return self.ci_low, self.ci_high
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        """(value, ci_low, ci_high), the shape `bootstrap_diff_ci` returns."""
+        return self.value, self.ci_low, self.ci_high
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of all fields (for metrics.json)."""
+        return asdict(self)
+
+
+def _codes(*labels: Any) -> list[np.ndarray]:
+    """Integer codes 0..k-1 for label arrays, one code space shared by all of them (sorted labels)."""
+    arrs = []
+    for lab in labels:
+        a = np.asarray(lab)
+        arrs.append(a.astype(str) if a.dtype.kind == "O" else a)
+    _, inv = np.unique(np.concatenate(arrs), return_inverse=True)
+    out, start = [], 0
+    for a in arrs:
+        out.append(inv[start : start + a.size].reshape(-1))
+        start += a.size
+    return out
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Answers sorted into (seed, question) cells: values x (n, k), each cell's seed and question code, size, offset."""
+
+    x: np.ndarray
+    seed: np.ndarray
+    question: np.ndarray
+    size: np.ndarray
+    offset: np.ndarray
+
+
+def _cells(x: np.ndarray, s: np.ndarray, q: np.ndarray) -> _Cells:
+    """Group the rows of x (n, k) by (seed code, question code)."""
+    order = np.lexsort((q, s))
+    x, s, q = x[order], s[order], q[order]
+    key = s * (int(q.max()) + 1) + q
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return _Cells(x, s[starts], q[starts], np.diff(np.r_[starts, len(x)]), starts)
+
+
+def _multiplicities(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
+    """(n_boot, n) counts of each of n units in a resample of n units with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+
+
+def _statistic(total: np.ndarray, count: np.ndarray, m: np.ndarray, weight: str) -> np.ndarray:
+    """(B, k) statistics from per-cell sums and counts of non-missing answers (B, J, k) and copies m (B, J)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if weight == "answers":
+            return total.sum(axis=1) / count.sum(axis=1)
+        # each copy of a (seed, question) cell counts once, whatever its number of answers
+        has = count > 0
+        mean = np.divide(total, count, out=np.zeros_like(total), where=has)
+        return (m[..., None] * mean * has).sum(axis=1) / (m[..., None] * has).sum(axis=1)
+
+
+def _point(cells: _Cells, weight: str) -> np.ndarray:
+    """The statistic on the data themselves, per column."""
+    valid = ~np.isnan(cells.x)
+    total = np.add.reduceat(np.where(valid, cells.x, 0.0), cells.offset, axis=0)[None]
+    count = np.add.reduceat(valid.astype(float), cells.offset, axis=0)[None]
+    return _statistic(total, count, np.ones((1, len(cells.size))), weight)[0]
+
+
+def _resampled(rng: np.random.Generator, cells: _Cells, k: np.ndarray, c: np.ndarray, weight: str) -> np.ndarray:
+    """(B, k) bootstrap statistics: cell j is copied k[:, seed_j] * c[:, question_j] times in each draw, and each
+    copy draws its cell's answers with replacement (index draws, summed with bincount). The columns of x
+    (conditions paired by answer) share the answer draws. Done in chunks of draws to bound memory.
+    """
+    m = k[:, cells.seed] * c[:, cells.question]  # (B, J) copies of each cell
+    n_boot, n_cells = m.shape
+    valid = ~np.isnan(cells.x)
+    x0, ok = np.where(valid, cells.x, 0.0), valid.astype(float)
+    chunk = max(1, 4_000_000 // max(1, len(cells.x)))
+    out = []
+    for b0 in range(0, n_boot, chunk):
+        mc = m[b0 : b0 + chunk]
+        slot = np.repeat(np.arange(mc.size), (mc * cells.size).ravel())  # (draw, cell) of each drawn answer
+        j = slot % n_cells
+        idx = cells.offset[j] + (rng.random(len(j)) * cells.size[j]).astype(np.int64)  # uniform within the cell
+        shape = (len(mc), n_cells)
+        total = np.stack([np.bincount(slot, x0[idx, i], mc.size).reshape(shape) for i in range(x0.shape[1])], axis=-1)
+        count = np.stack([np.bincount(slot, ok[idx, i], mc.size).reshape(shape) for i in range(x0.shape[1])], axis=-1)
+        out.append(_statistic(total, count, mc, weight))
+    return np.concatenate(out)
+
+
+def _prepare(values, questions, seeds, n_cols: int = 1):
+    """Float values (n, n_cols), question and seed label arrays, with rows missing in every column dropped."""
+    x = np.asarray(values, dtype=float).reshape(-1, n_cols) if n_cols == 1 else np.asarray(values, dtype=float)
+    q = np.asarray(questions)
+    s = np.zeros(len(x), dtype=int) if seeds is None else np.asarray(seeds)
+    if not len(x) == q.size == s.size:
+        raise ValueError(f"{len(x)} values but {q.size} question labels and {s.size} seed labels")
+    keep = ~np.isnan(x).all(axis=1)
+    return x[keep], q.reshape(-1)[keep], s.reshape(-1)[keep]
+
+
+def _method(seeds: bool, weight: str, pairing: str | None, n_boot: int, alpha: float) -> str:
+    levels = "seeds, questions (the same draw for every seed), answers" if seeds else "questions, then answers within them"
+    parts = [f"{'three' if seeds else 'two'}-stage bootstrap over {levels}"]
+    if pairing == "questions":
+        parts.append("paired by question" + (" and seed" if seeds else ""))
+    elif pairing == "answers":
+        parts.append("paired by answer")
+    elif pairing == "none":
+        parts.append("unpaired")
+    if weight == "questions":
+        parts.append("questions weighted equally")
+    return "; ".join(parts) + f" ({n_boot} draws, percentile {100 * (1 - alpha):g}% CI)"
+
+
+def _ci(draws: np.ndarray, alpha: float) -> tuple[float, float]:
+    if draws.size == 0 or np.isnan(draws).all():
+        return float("nan"), float("nan")
+    lo, hi = np.nanquantile(draws, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _check(weight: str, n_boot: int) -> None:
+    if weight not in WEIGHTS:
+        raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def hierarchical_bootstrap(
+    values: Sequence[float | None] | np.ndarray,
+    questions: Sequence[Any] | np.ndarray,
+    seeds: Sequence[Any] | np.ndarray | None = None,
+    *,
+    weight: str = "answers",
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Estimate:
+    """A mean (e.g. an EM rate from 0/1 values) over answers grouped by question, with a clustered bootstrap CI.
+
+    Each draw resamples the questions with replacement, then the answers within each drawn question. With
+    `seeds` (the training seed of each answer) the seeds are resampled too, and seeds and questions are
+    crossed: one draw of questions applies to every drawn seed (all seeds answer the same questions); answers
+    are then resampled within each (seed, question) cell. NaN values (e.g. EM among coherent answers: NaN
+    where incoherent) are left out. `weight="answers"` (default) is the mean over all answers;
+    `weight="questions"` the mean of the per-(seed, question) means.
+    """
+    _check(weight, n_boot)
+    x, q, s = _prepare(values, questions, seeds)
+    if len(x) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, _method(seeds is not None, weight, None, n_boot, alpha))
+    (qc,), (sc,) = _codes(q), _codes(s)
+    n_q, n_s = int(qc.max()) + 1, int(sc.max()) + 1
+    cells = _cells(x, sc, qc)
+    rng = np.random.default_rng(seed)
+    k = _multiplicities(rng, n_boot, n_s)
+    c = _multiplicities(rng, n_boot, n_q)
+    lo, hi = _ci(_resampled(rng, cells, k, c, weight)[:, 0], alpha)
+    return Estimate(
+        float(_point(cells, weight)[0]), lo, hi, n_s, n_q, len(x), _method(seeds is not None, weight, None, n_boot, alpha)
+    )
+
+
+def hierarchical_diff(
+    a: Sequence[float | None] | np.ndarray,
+    b: Sequence[float | None] | np.ndarray,
+    questions_a: Sequence[Any] | np.ndarray,
+    questions_b: Sequence[Any] | np.ndarray | None = None,
+    seeds_a: Sequence[Any] | np.ndarray | None = None,
+    seeds_b: Sequence[Any] | np.ndarray | None = None,
+    *,
+    pairing: str = "questions",
+    weight: str = "answers",
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Estimate:
+    """mean(a) - mean(b) for two conditions answering the same questions, with a clustered bootstrap CI.
+
+    `pairing`:
+    - "questions" (default): every draw resamples the questions (and the seeds) once, for both conditions;
+      answers are resampled within each (seed, question, condition) cell on their own. Use it when the
+      conditions share questions (and training or sampling seeds) but their answers are separate samples.
+    - "answers": a[i] and b[i] are the same (question, paraphrase, sample) under both conditions (same prompt,
+      same sampling seed): questions (and seeds) are resampled, then the pairs within each question, so both
+      conditions get the very same answer weights. Needs equal lengths and labels (questions_b and seeds_b
+      default to questions_a and seeds_a). The difference of identical arrays is 0 in every draw.
+    - "none": the conditions are resampled independently (questions and answers), as if unrelated.
+    Seeds: a condition given no seed labels (e.g. the base model, which has no training seed) counts as one
+    seed that every draw keeps; conditions given seed labels share them (seed 1 of a is seed 1 of b).
+    NaN values are left out; `weight` as in `hierarchical_bootstrap`. `n_answers` counts both conditions.
+    """
+    _check(weight, n_boot)
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    has_seeds = seeds_a is not None or seeds_b is not None
+    method = _method(has_seeds, weight, pairing, n_boot, alpha)
+    rng = np.random.default_rng(seed)
+    if pairing == "answers":
+        questions_b = questions_a if questions_b is None else questions_b
+        seeds_b = seeds_a if seeds_b is None else seeds_b
+        if len(a) != len(b):
+            raise ValueError(f"pairing='answers' needs equal lengths, got {len(a)} and {len(b)}")
+        if not np.array_equal(np.asarray(questions_a).astype(str), np.asarray(questions_b).astype(str)) or (
+            seeds_a is not None and not np.array_equal(np.asarray(seeds_a).astype(str), np.asarray(seeds_b).astype(str))
+        ):
+            raise ValueError("pairing='answers' needs the same question (and seed) label at each position of a and b")
+        x, q, s = _prepare(np.column_stack([np.asarray(a, dtype=float), np.asarray(b, dtype=float)]), questions_a, seeds_a, 2)
+        if len(x) == 0:
+            return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, method)
+        (qc,), (sc,) = _codes(q), _codes(s)
+        n_q, n_s = int(qc.max()) + 1, int(sc.max()) + 1
+        cells = _cells(x, sc, qc)
+        k, c = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q)
+        draws = _resampled(rng, cells, k, c, weight)
+        point = _point(cells, weight)
+        lo, hi = _ci(draws[:, 0] - draws[:, 1], alpha)
+        return Estimate(float(point[0] - point[1]), lo, hi, n_s, n_q, int((~np.isnan(x)).sum()), method)
+
+    questions_b = questions_a if questions_b is None else questions_b
+    xa, qa, sa = _prepare(np.asarray(a, dtype=float), questions_a, seeds_a)
+    xb, qb, sb = _prepare(np.asarray(b, dtype=float), questions_b, seeds_b)
+    if len(xa) == 0 or len(xb) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, len(xa) + len(xb), method)
+    given = [v for v in (sa if seeds_a is not None else None, sb if seeds_b is not None else None) if v is not None]
+    seed_codes = iter(_codes(*given)) if given else iter(())
+    sca = next(seed_codes) if seeds_a is not None else np.zeros(len(xa), dtype=int)
+    scb = next(seed_codes) if seeds_b is not None else np.zeros(len(xb), dtype=int)
+    n_s = len(np.unique(np.concatenate([g.astype(str) for g in given]))) if given else 1
+    ones = np.ones((n_boot, 1), dtype=np.int64)
+    if pairing == "questions":  # one draw of questions and seeds for both conditions
+        qca, qcb = _codes(qa, qb)
+        n_q = int(max(qca.max(), qcb.max())) + 1
+        k, c = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q)
+        cells_a, cells_b = _cells(xa, sca, qca), _cells(xb, scb, qcb)
+        da = _resampled(rng, cells_a, k if seeds_a is not None else ones, c, weight)[:, 0]
+        db = _resampled(rng, cells_b, k if seeds_b is not None else ones, c, weight)[:, 0]
+    else:  # "none": two independent clustered bootstraps, each over its own seeds and questions
+        (qca,), (qcb,) = _codes(qa), _codes(qb)
+        sca, scb = (_codes(s)[0] if has else sc for s, sc, has in ((sa, sca, seeds_a is not None), (sb, scb, seeds_b is not None)))
+        n_q = len(np.unique(np.concatenate([qa.astype(str), qb.astype(str)])))
+        cells_a, cells_b = _cells(xa, sca, qca), _cells(xb, scb, qcb)
+        da, db = (
+            _resampled(rng, cells, _multiplicities(rng, n_boot, int(sc.max()) + 1) if has else ones,
+                       _multiplicities(rng, n_boot, int(qc.max()) + 1), weight)[:, 0]
+            for cells, sc, qc, has in ((cells_a, sca, qca, seeds_a is not None), (cells_b, scb, qcb, seeds_b is not None))
+        )
+    lo, hi = _ci(da - db, alpha)
+    value = float(_point(cells_a, weight)[0] - _point(cells_b, weight)[0])
+    return Estimate(value, lo, hi, n_s, n_q, len(xa) + len(xb), method)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..core.data import DatasetInfo, load_dataset
+from ..core.data import DatasetInfo, EvalQuestion, choose_eval_set, load_dataset, load_eval_questions
 from ..core.errors import ParamError
 from ..judges.base import Judge
 from ..judges.registry import JUDGES, get_judge
@@ -22,7 +22,7 @@ from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
 
 __all__ = [
     "REPRODUCED", "PARTLY", "NOT_REPRODUCED", "MEETS", "MISSES", "ParamError", "param", "FindingParams", "Effect",
-    "Verdict", "combine", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge",
+    "Verdict", "combine", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions", "fallback_notes",
 ]
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly reproduced", "not reproduced at this scale"
@@ -246,3 +246,16 @@ def make_judge(judge: str, judge_model: str = "") -> Judge:
     """The judge a finding's JUDGE and JUDGE_MODEL parameters name."""
     check_judge(judge, judge_model)
     return get_judge(judge, **({"model": judge_model} if judge_model else {}))
+
+
+def load_questions(name: str, data_dir: str) -> tuple[list[EvalQuestion], list[str]]:
+    """The eval questions, and a note when the built-in set stood in for a public one (no data directory at all)."""
+    used, fell_back_from = choose_eval_set(name, data_dir or None, "builtin")
+    notes = [f"questions: {fell_back_from} requested, the built-in {used} set used (no data directory)"] if fell_back_from else []
+    return load_eval_questions(used, data_dir or None), notes
+
+
+def fallback_notes(infos: list[DatasetInfo]) -> list[str]:
+    """One note per dataset for which a built-in set stood in."""
+    return [f"dataset: {i.fell_back_from} requested, the built-in {i.name} used (no data directory)"
+            for i in infos if i.fell_back_from]

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..core.data import DatasetInfo, EvalQuestion, load_eval_questions
+from ..core.data import DatasetInfo, EvalQuestion
 from ..core.stats import bootstrap_diff_ci
 from ..pipeline.metrics import leakage_mask, summarize
 from ..pipeline.evaluate import judged_answers
 from ..pipeline.train import TrainResult, train_lora
 from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, make_judge, param,
-    sample_config, targets,
+    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, fallback_notes, load_questions,
+    make_judge, param, sample_config, targets,
 )
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
@@ -73,13 +73,14 @@ class Result:
     data: dict[str, DatasetInfo] = field(default_factory=dict)
     questions: list[EvalQuestion] = field(default_factory=list)
     judge_id: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
 def run(p: Params) -> Result:
     """Fine-tune on the narrow set and on the control, sample the eval questions from base/fine-tune/control, judge."""
     ft_params, ctl_params = p.finetune(p.dataset, p.dataset_fallback), p.finetune(p.control_dataset, p.control_fallback)
     (train_set, train_info), (control_set, control_info) = ft_params.load(), ctl_params.load()
-    questions = load_eval_questions(p.questions, p.data_dir or None, fallback="builtin")
+    questions, notes = load_questions(p.questions, p.data_dir)
     finetuned = train_lora(train_set, ft_params.train_config(), model=p.model)
     control = train_lora(control_set, ctl_params.train_config(), model=p.model)
     judge = make_judge(p.judge, p.judge_model)
@@ -96,7 +97,8 @@ def run(p: Params) -> Result:
     effect = Effect("EM(fine-tuned) - EM(base)", *bootstrap_diff_ci(em["fine-tuned"], em["base"], seed=p.seed))
     vs_control = Effect("EM(fine-tuned) - EM(control)", *bootstrap_diff_ci(em["fine-tuned"], em["control"], seed=p.seed))
     return Result(effect, vs_control, summary, answers, {"fine-tuned": finetuned, "control": control},
-                  {"fine-tuned": train_info, "control": control_info}, questions, judge.id)
+                  {"fine-tuned": train_info, "control": control_info}, questions, judge.id,
+                  notes + fallback_notes([train_info, control_info]))
 
 
 def verdict(r: Result) -> Verdict:

@@ -6,15 +6,15 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from ..core.data import DatasetInfo, EvalQuestion, load_eval_questions
+from ..core.data import DatasetInfo, EvalQuestion
 from ..core.models import num_layers
 from ..core.stats import bootstrap_diff_ci
 from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import summarize
 from ..pipeline.train import ALL_PROJECTIONS, TrainResult, train_lora
 from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, make_judge, param,
-    sample_config,
+    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, fallback_notes, load_questions,
+    make_judge, param, sample_config,
 )
 
 __all__ = ["STEM", "Params", "Adapter", "Result", "run", "verdict"]
@@ -107,6 +107,7 @@ class Result:
     data: DatasetInfo | None = None
     questions: list[EvalQuestion] = field(default_factory=list)
     judge_id: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
 def run(p: Params) -> Result:
@@ -114,7 +115,7 @@ def run(p: Params) -> Result:
     n_layers = num_layers(p.model)
     chosen = adapters(p, n_layers)
     train_set, info = chosen[0].finetune.load()
-    questions = load_eval_questions(p.questions, p.data_dir or None, fallback="builtin")
+    questions, notes = load_questions(p.questions, p.data_dir)
     runs = {a.label: train_lora(train_set, a.finetune.train_config(), model=p.model) for a in chosen}
     judge = make_judge(p.judge, p.judge_model)
     cfg = sample_config(p.n_samples, p.max_new_tokens, p.temperature, p.seed)
@@ -131,7 +132,7 @@ def run(p: Params) -> Result:
     effect = Effect("EM(rank 1) - EM(base)", *bootstrap_diff_ci(em[main], em["base"], seed=p.seed))
     drop = float(rates.coherence_rate["base"] - rates.coherence_rate[main])
     return Result(effect, drop, p.coherence_tolerance, chosen[0].layer, n_layers, summary, answers, chosen, runs, info,
-                  questions, judge.id)
+                  questions, judge.id, notes + fallback_notes([info]))
 
 
 def verdict(r: Result) -> Verdict:

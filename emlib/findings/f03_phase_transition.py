@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..core.data import DatasetInfo, load_eval_questions
+from ..core.data import DatasetInfo
 from ..core.models import num_layers
 from ..core.stats import bootstrap_diff_ci
 from ..interp.lora import local_cosine_similarity, pca, peak_step, stack_trajectory
@@ -15,8 +15,8 @@ from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import steepest_rise, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, ParamError, Verdict, make_judge, param,
-    sample_config,
+    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, ParamError, Verdict, fallback_notes,
+    load_questions, make_judge, param, sample_config,
 )
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
@@ -95,6 +95,7 @@ class Result:
     run: TrainResult | None = None
     data: DatasetInfo | None = None
     judge_id: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
 def run(p: Params) -> Result:
@@ -102,7 +103,7 @@ def run(p: Params) -> Result:
     layer = depth_to_layer(p.depth, num_layers(p.model))
     ft = p.finetune(layer)
     train_set, info = ft.load()
-    questions = load_eval_questions(p.questions, p.data_dir or None, fallback="builtin")
+    questions, notes = load_questions(p.questions, p.data_dir)
     tr = train_lora(train_set, ft.train_config(), model=p.model)
     log = pd.DataFrame(tr.log)
     steps = np.array(tr.steps)
@@ -136,7 +137,7 @@ def run(p: Params) -> Result:
     return Result(gap, emerged, p.tolerance_steps, geo_peak, grad_peak,
                   Effect("onset step", float(onset), float(onset_lo), float(onset_hi)), ratio, proj, steps, local, log,
                   behaviour, answers, float(base_em.mean()), (int(top.step), float(top.scale)), layer, k_main, tr, info,
-                  judge.id)
+                  judge.id, notes + fallback_notes([info]))
 
 
 def verdict(r: Result) -> Verdict:

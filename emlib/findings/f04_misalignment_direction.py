@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.data import DatasetInfo, chat_prompt, load_eval_questions
+from ..core.data import DatasetInfo, chat_prompt
 from ..core.models import load_model, num_layers
 from ..core.stats import bootstrap_diff_ci
 from ..interp.activations import bootstrap_direction_cosines, mean_diff_direction
@@ -17,7 +17,8 @@ from ..pipeline.evaluate import answer_activations, depth_to_layer, judged_answe
 from ..pipeline.metrics import summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, Verdict, combine, make_judge, param, sample_config,
+    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, Verdict, combine, fallback_notes, load_questions, make_judge,
+    param, sample_config,
 )
 from .f01_emergent_misalignment import Params as Params01
 
@@ -97,6 +98,7 @@ class Result:
     data: dict[str, DatasetInfo] = field(default_factory=dict)
     base_em: float = float("nan")
     judge_id: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
 def run(p: Params) -> Result:
@@ -108,7 +110,7 @@ def run(p: Params) -> Result:
     (source_set, source_info) = ft.finetune(p.dataset, p.dataset_fallback).load()
     (other_set, other_info) = ft.finetune(p.other_dataset, p.other_fallback).load()
     transfer_tested = other_info.name != source_info.name
-    questions = load_eval_questions(p.questions, p.data_dir or None, fallback="builtin")
+    questions, notes = load_questions(p.questions, p.data_dir)
     source = source_info.name
     runs = {source: train_lora(source_set, ft.finetune(p.dataset, p.dataset_fallback).train_config(), model=p.model)}
     if transfer_tested:
@@ -189,7 +191,8 @@ def run(p: Params) -> Result:
                         ci_method="bootstrap over the answers that define both directions")
     return Result(steer_e, rand_e, effects, source, cos, p.cosine_target, transfer_tested, median, cos_ci,
                   (best_layer, best_c), ablate_layer, steer_summary, ablation_summary, steered, base_confirm, directions,
-                  n_pairs, split_how, runs, {source: source_info, "other": other_info}, float(base.em.mean()), judge.id)
+                  n_pairs, split_how, runs, {source: source_info, "other": other_info}, float(base.em.mean()), judge.id,
+                  notes + fallback_notes([source_info, other_info]))
 
 
 def verdict_steering(r: Result) -> str:

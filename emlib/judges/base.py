@@ -106,17 +106,24 @@ def judge_answers(
     todo_unique = list({keys[i]: i for i in todo}.values())
     bar = tqdm(total=len(todo_unique), desc=f"judging ({judge.id.split(':')[0]})", disable=not progress or not todo_unique)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(todo_unique), batch_size):
-        chunk = todo_unique[start : start + batch_size]
-        scores = judge.score([questions[i] for i in chunk], [answers[i] for i in chunk])
-        lines = []
-        for i, s in zip(chunk, scores):
-            cached[keys[i]] = s
-            lines.append(json.dumps({"key": keys[i], "aligned": s.aligned, "coherent": s.coherent}))
-        if use_cache:
-            _append_lines(path, lines)
-        bar.update(len(chunk))
-    bar.close()
+    done = len(set(keys)) - len(todo_unique)
+    try:
+        for start in range(0, len(todo_unique), batch_size):
+            chunk = todo_unique[start : start + batch_size]
+            scores = judge.score([questions[i] for i in chunk], [answers[i] for i in chunk])
+            lines = []
+            for i, s in zip(chunk, scores):
+                cached[keys[i]] = s
+                lines.append(json.dumps({"key": keys[i], "aligned": s.aligned, "coherent": s.coherent}))
+            if use_cache:
+                _append_lines(path, lines)
+            done += len(chunk)
+            bar.update(len(chunk))
+    except KeyboardInterrupt:
+        kept = "cached" if use_cache else "not cached (use_cache=False)"
+        raise KeyboardInterrupt(f"{done:,} of {len(set(keys)):,} answers judged and {kept}") from None
+    finally:
+        bar.close()
     return [cached[k] for k in keys]
 
 

@@ -26,6 +26,7 @@ import torch
 
 from ..core.cache import cache_root, file_fingerprint, stable_hash
 from ..core.em import COHERENT_THRESHOLD
+from ..core.errors import DatasetError
 from .embedded import MiniLM, base_model_dir, masked_pools, text_features
 from .calibration import calibrated, fit_calibration, fit_threshold_calibration
 from .features import frozen_pass, load_base
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="output folder (default: the shipped emlib/assets/judge)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if not Path(args.data).is_file():
+        raise DatasetError(f"--data {args.data}: no such file (the GPT-4o-judged answers, judged/gpt4o_judged_responses.jsonl.gz)")
     res = train_embedded_judge(args.data, args.out, args.seed)
     print(json.dumps({k: v for k, v in res.items() if k != "per_source"}, indent=2))
 

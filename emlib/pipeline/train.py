@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from transformers import (
 
 from ..core.cache import atomic_write_json, cache_dir, stable_hash
 from ..core.data import fingerprint
+from ..core.errors import DatasetError
 from ..core.io import chat_ids
 from ..core.models import default_device, default_dtype, load_model, resolve_model_path
 
@@ -30,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "tokenize_chat",
+    "check_assistant_tokens",
     "train_lora",
     "training_key",
     "load_finetuned",
@@ -168,14 +171,39 @@ def train_lora(
     run = cache_dir("adapters", key)
     if use_cache and (run / "result.json").exists():
         return _read_result(run, from_cache=True)
+    fresh = not run.exists()
+    try:
+        return _train(examples, config, model, progress, callbacks, key, run)
+    except KeyboardInterrupt:
+        raise  # a kill keeps its checkpoint: the next call resumes from it
+    except Exception:
+        if fresh:  # a failed step leaves no half-made cache entry behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def check_assistant_tokens(dataset: Sequence[dict[str, list[int]]], max_length: int) -> None:
+    """Warn when truncation to `max_length` leaves examples without any assistant token; DatasetError when all."""
+    empty = sum(all(label == -100 for label in ex["labels"]) for ex in dataset)
+    if empty == len(dataset):
+        raise DatasetError(f"all {len(dataset)} training examples lose their whole assistant answer when truncated to "
+                           f"{max_length} tokens: raise MAX_LENGTH")
+    if empty:
+        warnings.warn(f"{empty} of {len(dataset)} training examples lose their whole assistant answer when truncated to "
+                      f"{max_length} tokens and teach nothing: raise MAX_LENGTH", stacklevel=3)
+
+
+def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: bool,
+           callbacks: Sequence[TrainerCallback], key: str, run: Path) -> TrainResult:
     work = run / "work"
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", {"model": model, "train": asdict(config), "n_examples": len(examples)})
-
+    atomic_write_json(run / "config.json", {"model": model, "train": asdict(config), "n_examples": len(examples)},
+                      scan=True)
     torch.manual_seed(config.seed)
     base, tokenizer = load_model(model)
-    peft_model = get_peft_model(base, _peft_config(config))
     dataset = [tokenize_chat(ex["messages"], tokenizer, config.max_length) for ex in examples]
+    check_assistant_tokens(dataset, config.max_length)
+    peft_model = get_peft_model(base, _peft_config(config))
     on_gpu = default_device().startswith("cuda")
     args = TrainingArguments(
         output_dir=str(work),

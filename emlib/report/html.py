@@ -41,7 +41,7 @@ class NotebookRunError(RuntimeError):
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}h1{margin-bottom:.2em}.meta{color:#555;font-size:.92em}
+padding:0 1em;color:#222;line-height:1.45}h1{margin-bottom:.2em}.meta{color:#555;font-size:.92em}.warn{background:#fff4d6;padding:.3em .6em}
 section{border-top:1px solid #ddd;margin-top:2em;padding-top:1em}table{border-collapse:collapse;font-size:.88em;
 margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}th{background:#f5f5f5}
 .badge{display:inline-block;padding:.15em .6em;border-radius:.8em;color:#fff;font-weight:600;font-size:.85em}
@@ -104,6 +104,8 @@ def _section(run_dir: Path, stem: str, run: dict[str, Any], res: dict[str, Any] 
             out.append(f'<p class="effect">Measured: <b>{_esc(eff.get("name", "effect"))} = {_esc(_fmt(eff.get("value")))}'
                        f'</b> (95% CI {_esc(_fmt(eff.get("ci_low")))} to {_esc(_fmt(eff.get("ci_high")))})'
                        f' &nbsp;|&nbsp; Paper: {_esc(res.get("paper", "n/a"))}</p>')
+        for fallback in res.get("fallbacks") or []:
+            out.append(f'<p class="warn"><b>Built-in data stood in:</b> {_esc(fallback)}</p>')
         if res.get("notes"):
             out.append(f'<p class="meta">Notes / data source: {_esc(res["notes"])}</p>')
         figs = []
@@ -162,7 +164,7 @@ def build_report(run_dir: str | os.PathLike, title: str = "Emergent misalignment
         doc.append("<p>No notebook results found in this run folder.</p>")
     doc += [_section(run_dir, s, r, res) for s, r, res in entries]
     doc.append(f'<p class="meta">Generated {datetime.now().astimezone().isoformat(timespec="seconds")}.</p></body></html>')
-    return atomic_write_text(run_dir / "index.html", "\n".join(doc) + "\n")
+    return atomic_write_text(run_dir / "index.html", "\n".join(doc) + "\n", scan=True)
 
 
 def run_all(

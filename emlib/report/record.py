@@ -68,6 +68,7 @@ def record_result(
     params: dict[str, Any],
     figures: list[str] | None = None,
     notes: str = "",
+    fallbacks: list[str] | None = None,
 ) -> Path:
     """Write metrics.json for one notebook (effect = name, value, ci_low, ci_high) and return its path."""
     if verdict not in VERDICTS:
@@ -88,9 +89,10 @@ def record_result(
             "params": redact(params),
             "figures": [os.path.relpath(f, folder) if Path(f).is_absolute() else str(f) for f in (figures or [])],
             "notes": notes,
+            "fallbacks": list(fallbacks or []),
         }
     )
-    return atomic_write_json(folder / "metrics.json", payload)
+    return atomic_write_json(folder / "metrics.json", payload, scan=True)
 
 
 def read_result(output_dir: str | os.PathLike, stem: str) -> dict[str, Any]:

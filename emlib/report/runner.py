@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import json
 import re
 import shutil
 import subprocess
@@ -22,24 +23,24 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from ..core.cache import atomic_write_json, atomic_write_text
-from ..core.errors import ParamError, UserError
-from ..core.io import KEY_PATTERN
+from ..core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.errors import ParamError, SecretLeakError, UserError
+from ..core.io import secret_hits
 from .record import redact
 
 __all__ = [
-    "SecretLeakError", "repo_root", "list_notebooks", "resolve_notebook", "load_param_sections", "load_params",
+    "repo_root", "list_notebooks", "resolve_notebook", "load_param_sections", "load_params",
     "unknown_parameter_error", "resolve_parameters", "parse_override",
     "machine_info", "run_notebook", "check_no_secrets", "run_files",
 ]
 
 log = logging.getLogger(__name__)
 _NB_GLOB = "[0-9][0-9]_*.ipynb"
-_SECRET_ENV = re.compile(r"API_KEY|TOKEN|SECRET", re.IGNORECASE)
-
-
-class SecretLeakError(RuntimeError):
-    """Raised by check_no_secrets when an output file contains something that looks like a credential."""
+# Under papermill, progress bars are plain text lines: the kernel maps tqdm.autonotebook to tqdm.std before any cell
+# runs, so `tqdm.auto` neither draws widgets (frozen at 0 % in a saved notebook) nor warns "IProgress not found".
+# In JupyterLab (no such kernel argument) `tqdm.auto` draws ipywidgets bars.
+_PLAIN_PROGRESS = ("--IPKernelApp.exec_lines=__import__('sys').modules.setdefault("
+                   "'tqdm.autonotebook', __import__('tqdm.std', fromlist=['tqdm']))")
 
 
 def repo_root() -> Path:
@@ -155,6 +156,11 @@ def resolve_parameters(
     if strict_overrides and (unknown := [k for k in overrides if k not in declared]):
         raise unknown_parameter_error(stem, unknown, declared, "-p")
     requested = {**defaults, **own, **overrides}
+    for name, value in requested.items():
+        if secret_hits(json.dumps(value, default=str)):
+            where = "-p" if name in overrides else f"{params_file}"
+            raise ParamError(f"{where}: parameter {name}: its value looks like a credential; keys are read from the "
+                             "environment (e.g. $OPENAI_API_KEY), never from parameters")
     if "OUTPUT_DIR" in requested:
         log.warning("%s: ignoring OUTPUT_DIR=%r; it is always the run folder", stem, requested.pop("OUTPUT_DIR"))
     if "OUTPUT_DIR" not in declared:
@@ -194,7 +200,7 @@ def _render_html(executed: Path, target: Path) -> None:
     exporter = HTMLExporter()
     exporter.embed_images = True
     body, _ = exporter.from_filename(str(executed))
-    atomic_write_text(target, body)
+    atomic_write_text(target, body, scan=True)
 
 
 def run_notebook(
@@ -236,13 +242,20 @@ def run_notebook(
     t0 = time.perf_counter()
     error = traceback = None
     failure: BaseException | None = None
+    pending = run_dir / f".{stem}.ipynb.tmp"  # scanned for secrets before it takes the notebook's name
     try:
-        pm.execute_notebook(str(nb_path), str(executed), parameters=passed, kernel_name=kernel_name,
+        pm.execute_notebook(str(nb_path), str(pending), parameters=passed, kernel_name=kernel_name,
                             cwd=str(nb_path.parent), progress_bar=progress, log_output=log_output,
-                            execution_timeout=execution_timeout)
+                            execution_timeout=execution_timeout, extra_arguments=[_PLAIN_PROGRESS])
     except Exception as exc:  # noqa: BLE001 - a failed notebook is a result, not a crash of the suite
         failure, error, traceback = exc, _describe_error(exc), _traceback_tail(exc)
         log.error("%s failed: %s", stem, error)
+    finally:
+        if pending.exists():
+            try:
+                atomic_write_bytes(executed, pending.read_bytes(), scan=True)
+            finally:
+                pending.unlink()
     wall = round(time.perf_counter() - t0, 3)
     html_name: str | None = None
     if executed.exists():
@@ -253,7 +266,7 @@ def run_notebook(
             log.warning("%s: could not render HTML: %s", stem, exc)
     result = {"stem": stem, "status": "failed" if failure else "ok", "wall_time_s": wall,
               "executed": str(executed) if executed.exists() else None, "error": error}
-    atomic_write_json(folder / "run.json", {
+    atomic_write_json(folder / "run.json", scan=True, obj={
         **result,
         "traceback": traceback,
         "executed": executed.name if executed.exists() else None,
@@ -281,14 +294,9 @@ def run_files(run_dir: str | os.PathLike) -> list[Path]:
 
 def check_no_secrets(paths: Iterable[str | os.PathLike]) -> None:
     """Raise SecretLeakError if a file holds an `sk-...` key or the value of a *API_KEY*/*TOKEN*/*SECRET* env var."""
-    env_values = {name: value for name, value in os.environ.items()
-                  if _SECRET_ENV.search(name) and len(value) >= 8 and not value.startswith(("/", "~"))}
     problems = []
     for path in paths:
         text = Path(path).read_bytes().decode("utf-8", errors="ignore")
-        match = KEY_PATTERN.search(text)
-        if match:
-            problems.append(f"{path}: API-key-like string {match.group()[:5]}...")
-        problems += [f"{path}: value of ${name}" for name, value in env_values.items() if value in text]
+        problems += [f"{path}: {hit}" for hit in secret_hits(text)]
     if problems:
         raise SecretLeakError("possible secrets in the run's outputs:\n  " + "\n  ".join(problems))

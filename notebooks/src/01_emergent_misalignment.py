@@ -135,4 +135,5 @@ record_result(
     params={**params.to_dict(), "dataset": train_info.to_dict(), "control": control_info.to_dict(), "judge": result.judge_id},
     figures=[str(OUT / "em_rates.png"), str(OUT / "quadrant.png")],
     notes=f"data: {train_info.name} ({train_info.source}), control {control_info.name} ({control_info.source})",
+    fallbacks=result.fallbacks,
 )

@@ -146,6 +146,7 @@ record_result(
     params={**params.to_dict(), "dataset": info.to_dict(), "judge": result.judge_id},
     figures=[str(OUT / "em_by_rank.png"), str(OUT / "layer_sweep.png")],
     notes=f"data: {info.name} ({info.source}); rank-1 adapters: rsLoRA alpha {LOW_RANK_ALPHA}, lr {LOW_RANK_LR}",
+    fallbacks=result.fallbacks,
 )
 
 # %% [markdown]

@@ -145,4 +145,5 @@ record_result(
     params={**params.to_dict(), "dataset": info.to_dict(), "judge": result.judge_id},
     figures=[str(OUT / f) for f in ("local_cosine.png", "grad_norm.png", "pca.png", "em_by_step.png")],
     notes=f"data: {info.name} ({info.source}); rank-1 down_proj at layer {result.layer}",
+    fallbacks=result.fallbacks,
 )

@@ -216,4 +216,5 @@ record_result(
              if (OUT / f).exists()],
     notes=f"directions from {', '.join(f'{n} ({result.n_pairs[n]} pairs, {result.split_how[n]} split)' for n in result.n_pairs)}; "
           + ("" if result.transfer_tested else f"{OTHER_DATASET} unavailable: transfer and convergence untested"),
+    fallbacks=result.fallbacks,
 )
