@@ -115,12 +115,3 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     _record(tmp_path, notes="second write")
     assert sorted(p.name for p in (tmp_path / "01_em").iterdir()) == ["metrics.json"]
     assert R.read_result(tmp_path, "01_em")["notes"] == "second write"
-
-
-def test_verdict_from_ci():
-    assert R.verdict_from_ci(0.01, 0.3) == "reproduced"
-    assert R.verdict_from_ci(-0.01, 0.3) == "not reproduced at this scale"
-    assert R.verdict_from_ci(0.0, 0.3) == "not reproduced at this scale"
-    assert R.verdict_from_ci(0.2, 0.3, threshold=0.1) == "reproduced"
-    assert R.verdict_from_ci(math.nan, math.nan) == "not reproduced at this scale"
-    assert R.verdict_from_ci(0.01, 0.3) in R.VERDICTS

@@ -23,7 +23,7 @@ from .runner import (
     check_no_secrets, list_notebooks, machine_info, repo_root, resolve_notebook, resolve_parameters, run_files, run_notebook,
 )
 
-__all__ = ["NotebookRunError", "build_report", "run_all", "default_run_dir", "latest_run_dir"]
+__all__ = ["NotebookRunError", "build_report", "run_all", "default_run_dir"]
 
 log = logging.getLogger(__name__)
 _BADGES = {
@@ -221,11 +221,3 @@ def run_all(
 def default_run_dir(name: str | None = None) -> Path:
     """`<repo>/reports/<name or YYYYmmdd-HHMMSS>` (not created)."""
     return repo_root() / "reports" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-
-
-def latest_run_dir() -> Path | None:
-    """The most recently modified folder under `<repo>/reports`, or None."""
-    root = repo_root() / "reports"
-    dirs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    return max(dirs, key=lambda p: p.stat().st_mtime) if dirs else None
-

@@ -12,7 +12,7 @@ from typing import Any
 from ..core.cache import atomic_write_json
 from ..core.io import KEY_PATTERN
 
-__all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "verdict_from_ci", "redact"]
+__all__ = ["VERDICTS", "output_folder", "record_result", "read_result", "redact"]
 
 VERDICTS = ("reproduced", "not reproduced at this scale", "partly reproduced", "meets targets", "misses targets")
 _SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
@@ -48,11 +48,6 @@ def _finite(obj: Any) -> Any:
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         return _finite(obj.item())
     return obj
-
-
-def verdict_from_ci(ci_low: float, ci_high: float, threshold: float = 0.0) -> str:
-    """'reproduced' when the effect's 95% CI lies wholly above `threshold`, else 'not reproduced at this scale'."""
-    return "reproduced" if ci_low > threshold else "not reproduced at this scale"
 
 
 def record_result(
