@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals (answer-level, and clustered: seeds > questions > answers) and array helpers, numpy only."""
+"""Bootstrap CIs, over answers or clustered (seeds > questions > answers), and small array helpers; numpy only."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def _codes(*labels: Any) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class _Cells:
-    """Answers sorted into (seed, question) cells: values x (n, k), each cell's seed and question code, size, offset."""
+    """Answers sorted into (seed, question) cells: values x (n, k); each cell's seed, question code, size, offset."""
 
     x: np.ndarray
     seed: np.ndarray
@@ -154,31 +154,37 @@ def _point(cells: _Cells, weight: str) -> np.ndarray:
 
 
 def _resampled(rng: np.random.Generator, cells: _Cells, k: np.ndarray, c: np.ndarray, weight: str) -> np.ndarray:
-    """(B, k) bootstrap statistics: cell j is copied k[:, seed_j] * c[:, question_j] times in each draw, and each
+    """(B, k) bootstrap statistics: cell j is copied k[:, seed_j] * c[:, question_j] times in draw b, and each
     copy draws its cell's answers with replacement (index draws, summed with bincount). The columns of x
     (conditions paired by answer) share the answer draws. Done in chunks of draws to bound memory.
     """
     m = k[:, cells.seed] * c[:, cells.question]  # (B, J) copies of each cell
     n_boot, n_cells = m.shape
     valid = ~np.isnan(cells.x)
-    x0, ok = np.where(valid, cells.x, 0.0), valid.astype(float)
+    values = [np.where(valid[:, i], cells.x[:, i], 0.0) for i in range(cells.x.shape[1])]
+    oks = None if valid.all() else [valid[:, i].astype(float) for i in range(cells.x.shape[1])]
     chunk = max(1, 4_000_000 // max(1, len(cells.x)))
     out = []
     for b0 in range(0, n_boot, chunk):
         mc = m[b0 : b0 + chunk]
-        slot = np.repeat(np.arange(mc.size), (mc * cells.size).ravel())  # (draw, cell) of each drawn answer
-        j = slot % n_cells
-        idx = cells.offset[j] + (rng.random(len(j)) * cells.size[j]).astype(np.int64)  # uniform within the cell
-        shape = (len(mc), n_cells)
-        total = np.stack([np.bincount(slot, x0[idx, i], mc.size).reshape(shape) for i in range(x0.shape[1])], axis=-1)
-        count = np.stack([np.bincount(slot, ok[idx, i], mc.size).reshape(shape) for i in range(x0.shape[1])], axis=-1)
+        reps = (mc * cells.size).ravel()  # answers drawn for each (draw, cell)
+        slot = np.repeat(np.arange(mc.size), reps)
+        size = np.repeat(np.broadcast_to(cells.size, mc.shape).ravel(), reps)
+        idx = np.repeat(np.broadcast_to(cells.offset, mc.shape).ravel(), reps)
+        idx += (rng.random(len(idx)) * size).astype(np.int64)  # uniform within the cell
+        total = np.stack([np.bincount(slot, v[idx], mc.size).reshape(mc.shape) for v in values], axis=-1)
+        if oks is None:  # nothing missing: counts are the numbers drawn
+            count = np.broadcast_to(reps.reshape(mc.shape)[..., None], total.shape).astype(float)
+        else:
+            count = np.stack([np.bincount(slot, o[idx], mc.size).reshape(mc.shape) for o in oks], axis=-1)
         out.append(_statistic(total, count, mc, weight))
     return np.concatenate(out)
 
 
-def _prepare(values, questions, seeds, n_cols: int = 1):
-    """Float values (n, n_cols), question and seed label arrays, with rows missing in every column dropped."""
-    x = np.asarray(values, dtype=float).reshape(-1, n_cols) if n_cols == 1 else np.asarray(values, dtype=float)
+def _prepare(values, questions, seeds):
+    """Float values as (n, columns), question and seed label arrays; rows missing in every column dropped."""
+    x = np.asarray(values, dtype=float)
+    x = x.reshape(-1, 1) if x.ndim == 1 else x
     q = np.asarray(questions)
     s = np.zeros(len(x), dtype=int) if seeds is None else np.asarray(seeds)
     if not len(x) == q.size == s.size:
@@ -188,8 +194,10 @@ def _prepare(values, questions, seeds, n_cols: int = 1):
 
 
 def _method(seeds: bool, weight: str, pairing: str | None, n_boot: int, alpha: float) -> str:
-    levels = "seeds, questions (the same draw for every seed), answers" if seeds else "questions, then answers within them"
-    parts = [f"{'three' if seeds else 'two'}-stage bootstrap over {levels}"]
+    if seeds:
+        parts = ["three-stage bootstrap over seeds, questions (the same draw for every seed), answers"]
+    else:
+        parts = ["two-stage bootstrap over questions, then answers within them"]
     if pairing == "questions":
         parts.append("paired by question" + (" and seed" if seeds else ""))
     elif pairing == "answers":
@@ -236,8 +244,9 @@ def hierarchical_bootstrap(
     """
     _check(weight, n_boot)
     x, q, s = _prepare(values, questions, seeds)
+    method = _method(seeds is not None, weight, None, n_boot, alpha)
     if len(x) == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, _method(seeds is not None, weight, None, n_boot, alpha))
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, method)
     (qc,), (sc,) = _codes(q), _codes(s)
     n_q, n_s = int(qc.max()) + 1, int(sc.max()) + 1
     cells = _cells(x, sc, qc)
@@ -245,9 +254,7 @@ def hierarchical_bootstrap(
     k = _multiplicities(rng, n_boot, n_s)
     c = _multiplicities(rng, n_boot, n_q)
     lo, hi = _ci(_resampled(rng, cells, k, c, weight)[:, 0], alpha)
-    return Estimate(
-        float(_point(cells, weight)[0]), lo, hi, n_s, n_q, len(x), _method(seeds is not None, weight, None, n_boot, alpha)
-    )
+    return Estimate(float(_point(cells, weight)[0]), lo, hi, n_s, n_q, len(x), method)
 
 
 def hierarchical_diff(
@@ -282,58 +289,63 @@ def hierarchical_diff(
     _check(weight, n_boot)
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-    has_seeds = seeds_a is not None or seeds_b is not None
-    method = _method(has_seeds, weight, pairing, n_boot, alpha)
+    method = _method(seeds_a is not None or seeds_b is not None, weight, pairing, n_boot, alpha)
+    nan = float("nan")
     rng = np.random.default_rng(seed)
     if pairing == "answers":
-        questions_b = questions_a if questions_b is None else questions_b
-        seeds_b = seeds_a if seeds_b is None else seeds_b
-        if len(a) != len(b):
-            raise ValueError(f"pairing='answers' needs equal lengths, got {len(a)} and {len(b)}")
-        if not np.array_equal(np.asarray(questions_a).astype(str), np.asarray(questions_b).astype(str)) or (
-            seeds_a is not None and not np.array_equal(np.asarray(seeds_a).astype(str), np.asarray(seeds_b).astype(str))
-        ):
-            raise ValueError("pairing='answers' needs the same question (and seed) label at each position of a and b")
-        x, q, s = _prepare(np.column_stack([np.asarray(a, dtype=float), np.asarray(b, dtype=float)]), questions_a, seeds_a, 2)
-        if len(x) == 0:
-            return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, method)
-        (qc,), (sc,) = _codes(q), _codes(s)
-        n_q, n_s = int(qc.max()) + 1, int(sc.max()) + 1
-        cells = _cells(x, sc, qc)
-        k, c = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q)
-        draws = _resampled(rng, cells, k, c, weight)
-        point = _point(cells, weight)
-        lo, hi = _ci(draws[:, 0] - draws[:, 1], alpha)
-        return Estimate(float(point[0] - point[1]), lo, hi, n_s, n_q, int((~np.isnan(x)).sum()), method)
-
-    questions_b = questions_a if questions_b is None else questions_b
-    xa, qa, sa = _prepare(np.asarray(a, dtype=float), questions_a, seeds_a)
-    xb, qb, sb = _prepare(np.asarray(b, dtype=float), questions_b, seeds_b)
+        return _paired_answers(a, b, questions_a, questions_b, seeds_a, seeds_b, weight, n_boot, rng, alpha, method)
+    xa, qa, sa = _prepare(a, questions_a, seeds_a)
+    xb, qb, sb = _prepare(b, questions_a if questions_b is None else questions_b, seeds_b)
     if len(xa) == 0 or len(xb) == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, len(xa) + len(xb), method)
-    given = [v for v in (sa if seeds_a is not None else None, sb if seeds_b is not None else None) if v is not None]
-    seed_codes = iter(_codes(*given)) if given else iter(())
-    sca = next(seed_codes) if seeds_a is not None else np.zeros(len(xa), dtype=int)
-    scb = next(seed_codes) if seeds_b is not None else np.zeros(len(xb), dtype=int)
-    n_s = len(np.unique(np.concatenate([g.astype(str) for g in given]))) if given else 1
-    ones = np.ones((n_boot, 1), dtype=np.int64)
+        return Estimate(nan, nan, nan, 0, 0, len(xa) + len(xb), method)
+    seeded = (seeds_a is not None, seeds_b is not None)
+    ones = np.ones((n_boot, 1), dtype=np.int64)  # a condition without seed labels: one seed, always kept
     if pairing == "questions":  # one draw of questions and seeds for both conditions
         qca, qcb = _codes(qa, qb)
-        n_q = int(max(qca.max(), qcb.max())) + 1
+        codes = iter(_codes(*[s for s, has in zip((sa, sb), seeded) if has]) if any(seeded) else [])
+        sca, scb = (next(codes) if has else np.zeros(len(x), dtype=int) for has, x in zip(seeded, (xa, xb)))
+        n_q, n_s = int(max(qca.max(), qcb.max())) + 1, int(max(sca.max(), scb.max())) + 1
         k, c = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q)
         cells_a, cells_b = _cells(xa, sca, qca), _cells(xb, scb, qcb)
-        da = _resampled(rng, cells_a, k if seeds_a is not None else ones, c, weight)[:, 0]
-        db = _resampled(rng, cells_b, k if seeds_b is not None else ones, c, weight)[:, 0]
+        da = _resampled(rng, cells_a, k if seeded[0] else ones, c, weight)[:, 0]
+        db = _resampled(rng, cells_b, k if seeded[1] else ones, c, weight)[:, 0]
     else:  # "none": two independent clustered bootstraps, each over its own seeds and questions
-        (qca,), (qcb,) = _codes(qa), _codes(qb)
-        sca, scb = (_codes(s)[0] if has else sc for s, sc, has in ((sa, sca, seeds_a is not None), (sb, scb, seeds_b is not None)))
+        cells_ab, draws = [], []
+        for x, q, s, has in ((xa, qa, sa, seeded[0]), (xb, qb, sb, seeded[1])):
+            (qc,), (sc,) = _codes(q), _codes(s)
+            cells_ab.append(_cells(x, sc, qc))
+            k = _multiplicities(rng, n_boot, int(sc.max()) + 1) if has else ones
+            c = _multiplicities(rng, n_boot, int(qc.max()) + 1)
+            draws.append(_resampled(rng, cells_ab[-1], k, c, weight)[:, 0])
+        (cells_a, cells_b), (da, db) = cells_ab, draws
         n_q = len(np.unique(np.concatenate([qa.astype(str), qb.astype(str)])))
-        cells_a, cells_b = _cells(xa, sca, qca), _cells(xb, scb, qcb)
-        da, db = (
-            _resampled(rng, cells, _multiplicities(rng, n_boot, int(sc.max()) + 1) if has else ones,
-                       _multiplicities(rng, n_boot, int(qc.max()) + 1), weight)[:, 0]
-            for cells, sc, qc, has in ((cells_a, sca, qca, seeds_a is not None), (cells_b, scb, qcb, seeds_b is not None))
-        )
+        given = [s.astype(str) for s, has in zip((sa, sb), seeded) if has]
+        n_s = len(np.unique(np.concatenate(given))) if given else 1
     lo, hi = _ci(da - db, alpha)
     value = float(_point(cells_a, weight)[0] - _point(cells_b, weight)[0])
     return Estimate(value, lo, hi, n_s, n_q, len(xa) + len(xb), method)
+
+
+def _paired_answers(a, b, questions_a, questions_b, seeds_a, seeds_b, weight, n_boot, rng, alpha, method) -> Estimate:
+    """hierarchical_diff with pairing="answers": the pairs (a[i], b[i]) are resampled together."""
+    questions_b = questions_a if questions_b is None else questions_b
+    seeds_a = seeds_b if seeds_a is None else seeds_a
+    seeds_b = seeds_a if seeds_b is None else seeds_b
+    if len(a) != len(b):
+        raise ValueError(f"pairing='answers' needs equal lengths, got {len(a)} and {len(b)}")
+    same_q = np.array_equal(np.asarray(questions_a).astype(str), np.asarray(questions_b).astype(str))
+    same_s = seeds_a is None or np.array_equal(np.asarray(seeds_a).astype(str), np.asarray(seeds_b).astype(str))
+    if not (same_q and same_s):
+        raise ValueError("pairing='answers' needs the same question (and seed) label at each position of a and b")
+    pairs = np.column_stack([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])
+    x, q, s = _prepare(pairs, questions_a, seeds_a)
+    if len(x) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, 0, method)
+    (qc,), (sc,) = _codes(q), _codes(s)
+    n_q, n_s = int(qc.max()) + 1, int(sc.max()) + 1
+    cells = _cells(x, sc, qc)
+    k, c = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q)
+    draws = _resampled(rng, cells, k, c, weight)
+    point = _point(cells, weight)
+    lo, hi = _ci(draws[:, 0] - draws[:, 1], alpha)
+    return Estimate(float(point[0] - point[1]), lo, hi, n_s, n_q, int((~np.isnan(x)).sum()), method)
