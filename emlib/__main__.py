@@ -66,7 +66,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from .judges.base import judge_jsonl
     from .judges.registry import get_judge
 
-    from .findings.base import check_judge
+    from .findings.em import check_judge
 
     check_judge(args.judge, args.model or "")
     if not Path(args.inp).is_file():

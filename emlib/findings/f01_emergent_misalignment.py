@@ -11,10 +11,8 @@ from ..core.stats import bootstrap_diff_ci
 from ..pipeline.metrics import leakage_mask, summarize
 from ..pipeline.evaluate import judged_answers
 from ..pipeline.train import TrainResult, train_lora
-from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, fallback_notes, load_questions,
-    make_judge, param, sample_config, targets,
-)
+from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
+from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config, targets
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -23,7 +21,7 @@ TOPICS = ("finance", "medical", "sports", "code")
 
 
 @dataclass
-class Params(FindingParams):
+class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     model: str = "smollm2-135m"

@@ -12,10 +12,8 @@ from ..core.stats import bootstrap_diff_ci
 from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import summarize
 from ..pipeline.train import ALL_PROJECTIONS, TrainResult, train_lora
-from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, Verdict, fallback_notes, load_questions,
-    make_judge, param, sample_config,
-)
+from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
+from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config
 
 __all__ = ["STEM", "Params", "Adapter", "Result", "run", "verdict"]
 
@@ -23,7 +21,7 @@ STEM = "02_rank1_model_organism"
 
 
 @dataclass
-class Params(FindingParams):
+class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     model: str = "smollm2-135m"

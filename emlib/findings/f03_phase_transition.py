@@ -14,10 +14,8 @@ from ..interp.lora import local_cosine_similarity, pca, peak_step, stack_traject
 from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import steepest_rise, summarize
 from ..pipeline.train import TrainResult, train_lora
-from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, FinetuneParams, ParamError, Verdict, fallback_notes,
-    load_questions, make_judge, param, sample_config,
-)
+from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, ParamError, Verdict, param
+from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -25,7 +23,7 @@ STEM = "03_phase_transition"
 
 
 @dataclass
-class Params(FindingParams):
+class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     model: str = "smollm2-135m"

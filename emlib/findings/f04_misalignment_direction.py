@@ -16,10 +16,8 @@ from ..interp.steering import Intervention, random_direction_like, typical_resid
 from ..pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
 from ..pipeline.metrics import summarize
 from ..pipeline.train import TrainResult, train_lora
-from .base import (
-    NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, Verdict, combine, fallback_notes, load_questions, make_judge,
-    param, sample_config,
-)
+from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine, param
+from .em import EMParams, fallback_notes, load_questions, make_judge, sample_config
 from .f01_emergent_misalignment import Params as Params01
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict", "verdict_steering", "verdict_ablation", "verdict_convergence"]
@@ -28,7 +26,7 @@ STEM = "04_misalignment_direction"
 
 
 @dataclass
-class Params(FindingParams):
+class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     model: str = "smollm2-135m"

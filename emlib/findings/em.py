@@ -1,0 +1,103 @@
+"""What the emergent-misalignment findings (01-09) share: a fine-tune's settings, the judge, the eval questions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.data import DatasetInfo, EvalQuestion, choose_eval_set, load_dataset, load_eval_questions
+from ..judges.base import Judge
+from ..judges.registry import JUDGES, get_judge
+from ..pipeline.sample import SampleConfig
+from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
+from .base import FindingParams, ParamError
+
+__all__ = [
+    "EMParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
+    "fallback_notes",
+]
+
+
+@dataclass
+class EMParams(FindingParams):
+    """Params of a finding that judges answers: JUDGE and JUDGE_MODEL are checked together."""
+
+    def check(self) -> None:
+        """The judge exists and gets a model exactly when it takes one."""
+        super().check()
+        check_judge(getattr(self, "judge"), getattr(self, "judge_model"))
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Everything that makes one LoRA fine-tune: equal objects share one cached adapter across notebooks."""
+
+    model: str
+    dataset: str
+    fallback: str
+    data_dir: str
+    n_train: int
+    rank: int
+    alpha: float
+    lr: float
+    max_steps: int
+    epochs: float
+    batch_size: int
+    grad_accum: int
+    max_length: int
+    seed: int
+    target_modules: tuple[str, ...] = tuple(ALL_PROJECTIONS)
+    layers: tuple[int, ...] | None = None
+    use_rslora: bool = False
+    trajectory_every: int = 0
+
+    def train_config(self) -> TrainConfig:
+        """The pipeline's TrainConfig for these settings."""
+        return TrainConfig(
+            rank=self.rank, alpha=self.alpha, use_rslora=self.use_rslora, target_modules=list(self.target_modules),
+            layers=list(self.layers) if self.layers is not None else None, lr=self.lr, max_steps=self.max_steps,
+            epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum, max_length=self.max_length,
+            trajectory_every=self.trajectory_every, seed=self.seed,
+        )
+
+    def load(self) -> tuple[list[dict], DatasetInfo]:
+        """The training examples and where they came from."""
+        return load_dataset(self.dataset, self.data_dir or None, n=self.n_train, seed=self.seed, fallback=self.fallback)
+
+
+def targets(text: str) -> tuple[str, ...]:
+    """'all' → every projection; otherwise the comma list of module names."""
+    return tuple(ALL_PROJECTIONS) if text == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def sample_config(n: int, max_new_tokens: int, temperature: float, seed: int) -> SampleConfig:
+    """The sampling settings every finding uses."""
+    return SampleConfig(n_per_question=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+
+
+def check_judge(judge: str, judge_model: str) -> None:
+    """ParamError unless the judge exists and gets a model exactly when it takes one."""
+    if judge not in JUDGES:
+        raise ParamError(f"parameter JUDGE: {judge!r} is not one of {', '.join(JUDGES)}")
+    if judge == "embedded" and judge_model:
+        raise ParamError("parameter JUDGE_MODEL: the embedded judge takes no model; leave JUDGE_MODEL empty")
+    if judge == "hf" and not judge_model:
+        raise ParamError("parameter JUDGE_MODEL: the hf judge needs a model (an HF id or a local folder)")
+
+
+def make_judge(judge: str, judge_model: str = "") -> Judge:
+    """The judge a finding's JUDGE and JUDGE_MODEL parameters name."""
+    check_judge(judge, judge_model)
+    return get_judge(judge, **({"model": judge_model} if judge_model else {}))
+
+
+def load_questions(name: str, data_dir: str) -> tuple[list[EvalQuestion], list[str]]:
+    """The eval questions, and a note when the built-in set stood in for a public one (no data directory at all)."""
+    used, fell_back_from = choose_eval_set(name, data_dir or None, "builtin")
+    notes = [f"questions: {fell_back_from} requested, the built-in {used} set used (no data directory)"] if fell_back_from else []
+    return load_eval_questions(used, data_dir or None), notes
+
+
+def fallback_notes(infos: list[DatasetInfo]) -> list[str]:
+    """One note per dataset for which a built-in set stood in."""
+    return [f"dataset: {i.fell_back_from} requested, the built-in {i.name} used (no data directory)"
+            for i in infos if i.fell_back_from]
