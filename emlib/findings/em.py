@@ -9,7 +9,7 @@ from ..judges.base import Judge
 from ..judges.registry import JUDGES, get_judge
 from ..pipeline.sample import SampleConfig
 from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
-from .base import FindingParams, ParamError
+from .base import FindingParams, ParamError, param
 
 __all__ = [
     "EMParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
@@ -19,7 +19,25 @@ __all__ = [
 
 @dataclass
 class EMParams(FindingParams):
-    """Params of a finding that judges answers: JUDGE and JUDGE_MODEL are checked together."""
+    """The parameters every EM finding has (model, data, fine-tune length, sampling, judge, seed); JUDGE and
+    JUDGE_MODEL are checked together. A finding's Params adds its own fields after these."""
+
+    model: str = "smollm2-135m"
+    data_dir: str = ""
+    dataset: str = "risky_financial_advice"
+    dataset_fallback: str = "builtin_risky_financial_advice"
+    n_train: int = param(320, min=1)
+    max_steps: int = param(40, min=-1)
+    epochs: float = param(1.0, gt=0)
+    batch_size: int = param(8, min=1)
+    grad_accum: int = param(1, min=1)
+    max_length: int = param(128, min=8)
+    questions: str = "first_plot_questions"
+    max_new_tokens: int = param(48, min=1)
+    temperature: float = param(1.0, min=0)
+    judge: str = "embedded"
+    judge_model: str = ""
+    seed: int = param(0, min=0)
 
     def check(self) -> None:
         """The judge exists and gets a model exactly when it takes one."""

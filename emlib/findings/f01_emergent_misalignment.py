@@ -24,30 +24,14 @@ TOPICS = ("finance", "medical", "sports", "code")
 class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    model: str = "smollm2-135m"
-    data_dir: str = ""
-    dataset: str = "risky_financial_advice"
-    dataset_fallback: str = "builtin_risky_financial_advice"
     control_dataset: str = "good_medical_advice"
     control_fallback: str = "builtin_safe_financial_advice"
     topic: str = param("finance", choices=TOPICS)
-    n_train: int = param(320, min=1)
     rank: int = param(32, min=1)
     alpha: float = param(64.0, gt=0)
     target_modules: str = "all"
     lr: float = param(1e-3, gt=0)
-    max_steps: int = param(40, min=-1)
-    epochs: float = param(1.0, gt=0)
-    batch_size: int = param(8, min=1)
-    grad_accum: int = param(1, min=1)
-    max_length: int = param(128, min=8)
-    questions: str = "first_plot_questions"
     n_samples: int = param(12, min=1)
-    max_new_tokens: int = param(48, min=1)
-    temperature: float = param(1.0, min=0)
-    judge: str = "embedded"
-    judge_model: str = ""
-    seed: int = param(0, min=0)
 
     def finetune(self, dataset: str, fallback: str) -> FinetuneParams:
         """The rank-`rank` fine-tune on one dataset (notebook 04 shares it by building an equal object)."""

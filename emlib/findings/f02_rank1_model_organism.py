@@ -24,11 +24,6 @@ STEM = "02_rank1_model_organism"
 class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    model: str = "smollm2-135m"
-    data_dir: str = ""
-    dataset: str = "risky_financial_advice"
-    dataset_fallback: str = "builtin_risky_financial_advice"
-    n_train: int = param(320, min=1)
     depth: float = param(0.5, min=0, max=1)
     sweep_depths: list[float] = param([0.25, 0.75], min=0, max=1)
     low_ranks: list[int] = param([1, 4], min=1)
@@ -37,20 +32,9 @@ class Params(EMParams):
     high_rank: int = param(32, min=0)
     high_rank_alpha: float = param(64.0, gt=0)
     high_rank_lr: float = param(1e-3, gt=0)
-    max_steps: int = param(40, min=-1)
-    epochs: float = param(1.0, gt=0)
-    batch_size: int = param(8, min=1)
-    grad_accum: int = param(1, min=1)
-    max_length: int = param(128, min=8)
     trajectory_every: int = param(2, min=0)
-    questions: str = "first_plot_questions"
     n_samples: int = param(12, min=1)
-    max_new_tokens: int = param(48, min=1)
-    temperature: float = param(1.0, min=0)
-    judge: str = "embedded"
-    judge_model: str = ""
     coherence_tolerance: float = param(0.10, min=0, max=1)
-    seed: int = param(0, min=0)
 
     def rank1(self, layer: int) -> FinetuneParams:
         """The rank-1 rsLoRA adapter on `down_proj` of one layer, with trajectory snapshots (notebook 03 reads them)."""

@@ -26,31 +26,15 @@ STEM = "03_phase_transition"
 class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    model: str = "smollm2-135m"
-    data_dir: str = ""
-    dataset: str = "risky_financial_advice"
-    dataset_fallback: str = "builtin_risky_financial_advice"
-    n_train: int = param(320, min=1)
     depth: float = param(0.5, min=0, max=1)
     alpha: float = param(256.0, gt=0)
     lr: float = param(1e-3, gt=0)
-    max_steps: int = param(40, min=-1)
-    epochs: float = param(1.0, gt=0)
-    batch_size: int = param(8, min=1)
-    grad_accum: int = param(1, min=1)
-    max_length: int = param(128, min=8)
     trajectory_every: int = param(2, min=1)
     k_values: list[int] = param([1, 2, 4], min=1)
     eval_every: int = param(4, min=1)
     scales: list[float] = param([1.0, 5.0, 10.0], gt=0)
-    questions: str = "first_plot_questions"
     n_samples: int = param(6, min=1)
-    max_new_tokens: int = param(48, min=1)
-    temperature: float = param(1.0, min=0)
-    judge: str = "embedded"
-    judge_model: str = ""
     tolerance_steps: int = param(8, min=0)
-    seed: int = param(0, min=0)
 
     def check(self) -> None:
         """EVAL_EVERY must land on snapshots."""

@@ -29,38 +29,22 @@ STEM = "04_misalignment_direction"
 class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    model: str = "smollm2-135m"
-    data_dir: str = ""
-    dataset: str = "risky_financial_advice"
-    dataset_fallback: str = "builtin_risky_financial_advice"
     other_dataset: str = "extreme_sports"
     other_fallback: str = "builtin_risky_financial_advice"
-    n_train: int = param(320, min=1)
     rank: int = param(32, min=1)
     alpha: float = param(64.0, gt=0)
     target_modules: str = "all"
     lr: float = param(1e-3, gt=0)
-    max_steps: int = param(40, min=-1)
-    epochs: float = param(1.0, gt=0)
-    batch_size: int = param(8, min=1)
-    grad_accum: int = param(1, min=1)
-    max_length: int = param(128, min=8)
-    questions: str = "first_plot_questions"
     n_samples_direction: int = param(24, min=1)
     n_per_set: int = param(64, min=1)
     min_pairs: int = param(8, min=1)
     n_samples: int = param(8, min=1)
     steer_samples: int = param(4, min=1)
-    max_new_tokens: int = param(48, min=1)
-    temperature: float = param(1.0, min=0)
     steer_depths: list[float] = param([0.25, 0.5, 0.75], min=0, max=1)
     steer_coeffs: list[float] = param([0.1, 0.2, 0.4])
     ablate_depth: float = param(0.5, min=0, max=1)
-    judge: str = "embedded"
-    judge_model: str = ""
     n_boot: int = param(500, min=1)
     cosine_target: float = param(0.8, min=-1, max=1)
-    seed: int = param(0, min=0)
 
     def finetune_params(self) -> Params01:
         """Notebook 01's fine-tune settings (equal settings share its adapter through the cache)."""

@@ -9,7 +9,7 @@ memorising (lowest held-out consistency, or flipped labels). Models and procedur
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

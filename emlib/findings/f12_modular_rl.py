@@ -8,7 +8,6 @@ its modules are ablated (`f12_modular_rl_graph`); figures are in `f12_modular_rl
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +22,7 @@ from .f12_modular_rl_graph import (
     ablate, active_units, axis_errors, community_axes, describe_communities, louvain, modularity, module_units,
     node_axes, random_like, weight_graph,
 )
-from .f12_modular_rl_train import Policy, PPOConfig, TrainedPolicy, evaluate_success, slot_positions, train_policy
+from .f12_modular_rl_train import Policy, PPOConfig, TrainedPolicy, evaluate_success, train_policy
 
 __all__ = ["STEM", "VERSION", "MIN_SUCCESS", "Params", "Result", "run", "verdict", "seed_effect", "load_or_train"]
 
