@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: setup report test bench clean-reports
+.PHONY: setup report test bench lab clean-reports
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m emlib bench
+
+# JupyterLab on notebooks/ with this venv's kernel ("Python 3" runs the venv's python); LAB_ARGS e.g. --no-browser.
+# As root (a container) Jupyter refuses to start without --allow-root.
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 clean-reports:
 	rm -rf reports
