@@ -242,7 +242,7 @@ def run_notebook(
     t0 = time.perf_counter()
     error = traceback = None
     failure: BaseException | None = None
-    pending = run_dir / f".{stem}.ipynb.tmp"  # scanned for secrets before it takes the notebook's name
+    pending = run_dir / f".{stem}.tmp.ipynb"  # scanned for secrets before it takes the notebook's name
     try:
         pm.execute_notebook(str(nb_path), str(pending), parameters=passed, kernel_name=kernel_name,
                             cwd=str(nb_path.parent), progress_bar=progress, log_output=log_output,

@@ -181,6 +181,37 @@ median = result.cosine_median.value if result.cosine_median is not None else flo
 print(f"(c) convergence: {verdict.parts['convergence']}: cosine > {COSINE_TARGET} in {share_above:.0%} of layers, median {median:.2f}")
 print("Verdict:", verdict.label)
 
+# %% [markdown]
+# ## The same direction, read through TransformerLens
+# `emlib.interp.lens.load_bridge` gives a TransformerLens 4 `TransformerBridge` of the source fine-tune (its adapter
+# merged into a cached copy of the model), so you can carry on with `run_with_cache`, named hook points and
+# `run_with_hooks`. Here `blocks.{L}.hook_resid_post` of the ablation layer, averaged over each answer's tokens (as
+# the direction was computed), is projected on v̂ for a few of the least and most aligned coherent answers of the
+# confirmation runs above (answers that did not define v̂). `tests/test_lens.py` checks the bridge's residuals and
+# logits against emlib's hooks and the HF model.
+
+# %%
+from emlib.core.data import chat_prompt, load_eval_questions
+from emlib.interp.hooks import unit
+from emlib.interp.lens import answer_tokens, load_bridge
+from emlib.pipeline.evaluate import split_by_alignment
+
+bridge = load_bridge(MODEL, result.runs[SOURCE])  # adapter path or TrainResult; scale=k for an adapter ×k
+hook = f"blocks.{result.ablate_layer}.hook_resid_post"
+v_hat = unit(result.directions[SOURCE][result.ablate_layer])
+questions = {q.id: q for q in load_eval_questions(QUESTIONS, DATA_DIR or None, fallback="builtin")}
+bad, good, how = split_by_alignment(pd.concat([result.base_confirm, result.steered]), n_max=4, seed=SEED, min_pairs=4)
+rows = []
+for label, answers in (("misaligned" if how == "threshold" else "least aligned", bad), ("aligned", good)):
+    for q, p, text, score in zip(answers.question_id, answers.paraphrase, answers.answer, answers.aligned):
+        ids, start = answer_tokens(bridge.tokenizer, chat_prompt(questions[q], int(p)), text, device=bridge.cfg.device)
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(ids, names_filter=hook)
+        resid = cache[hook][0, start:].float().mean(0).cpu()  # mean over the answer's tokens, as v̂ was computed
+        rows.append({"answers": label, "aligned": score, "projection": float(resid @ v_hat)})
+lens_proj = pd.DataFrame(rows)
+display(lens_proj.groupby("answers", sort=False)[["aligned", "projection"]].mean().round(2))
+
 # %%
 ab = result.ablation_summary.set_index(["finetune", "ablation"])
 m = result.cosine_median
