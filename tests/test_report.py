@@ -204,3 +204,18 @@ def test_default_run_dir():
     assert report.default_run_dir("x") == runner.repo_root() / "reports" / "x"
     assert re.fullmatch(r"\d{8}-\d{6}", report.default_run_dir().name)
     assert (runner.repo_root() / "emlib" / "report" / "html.py").is_file()
+
+
+def test_an_executed_notebook_that_shows_a_key_is_never_written(tmp_path, monkeypatch):
+    """The executed notebook is scanned before it takes its name: a leaked key deletes it, and run.json is not written."""
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "planted-secret-value-42")
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    _write_nb(nb_dir / "01_leaky.ipynb", 'OUTPUT_DIR = "out"\n', ['import os\nprint(os.environ["MY_SERVICE_API_KEY"])'])
+    run_dir = tmp_path / "run"
+    with pytest.raises(SecretLeakError, match="MY_SERVICE_API_KEY") as info:
+        runner.run_notebook("1", run_dir, notebook_dir=nb_dir, progress=False)
+    assert "planted-secret-value-42" not in str(info.value)
+    leftovers = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert not any("planted-secret-value-42" in p.read_text(errors="ignore") for p in leftovers)
+    assert not (run_dir / "01_leaky.ipynb").exists() and not list(run_dir.glob(".*"))
