@@ -122,7 +122,7 @@ def _locate(name: str, data_dir: str | None) -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
-    results = run_benchmarks(only=args.only or None)
+    results = run_benchmarks(only=args.only or None, json_path=args.json)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--data-dir", default=None)
     dt.set_defaults(func=_cmd_data)
 
-    bn = sub.add_parser("bench", help="sampling and training throughput, judge speed")
-    bn.add_argument("--only", nargs="*", choices=["sampling", "training", "judge", "cache"])
+    bn = sub.add_parser("bench", help="the matmul peak, then sampling, training, judge and capture throughput beside it")
+    bn.add_argument("--only", nargs="*", choices=["sampling", "training", "judge", "capture", "cache"])
+    bn.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     bn.set_defaults(func=_cmd_bench)
     return p
 

@@ -196,3 +196,22 @@ def test_intervention_while_sampling_matches_the_hooked_model_and_keys_the_cache
         _sample(tiny_model, config=cfg, intervention=Intervention("add", v, layer=1, coeff=49.0))
     with pytest.raises(ValueError, match="needs a layer"):
         Intervention("add", v)
+
+
+def test_each_share_of_the_batches_samples_what_one_process_samples(tiny_model):
+    """Data-parallel sampling in miniature: 3 processes' strided shares of the batches, joined, equal one process."""
+    from emlib.pipeline.distributed import gather_in_order, shard
+
+    model, tok = load_model(tiny_model, device="cpu")
+    prompts = [chat_text(tok, chat_prompt(q, p)) for q in QUESTIONS for p in range(len(q.paraphrases))] * 3
+    cfg = dataclasses.replace(CFG, batch_size=2)
+    whole = generate(model, tok, prompts, cfg, progress=False)
+    batches = list(enumerate(S.plan_batches(prompts, cfg.batch_size)))
+    assert len(batches) == 5 and sorted(i for _, b in batches for i in b) == list(range(len(prompts)))
+    shares = [shard(batches, r, 3) for r in range(3)]
+    assert [len(s) for s in shares] == [2, 2, 1]
+    done = [pair for share in shares for pair in S.generate_batches(model, tok, prompts, cfg, share, progress=False)]
+    assert gather_in_order(done, len(prompts)) == whole
+    assert len(set(whole)) > len(whole) // 2  # sampled at temperature 1, not one repeated string
+    with pytest.raises(RuntimeError, match="exactly once"):
+        gather_in_order(done[1:], len(prompts))

@@ -1,4 +1,8 @@
-"""Batched sampling of n answers per eval question (HF generate with a merged LoRA, or vLLM on GPU), cached."""
+"""Batched sampling of n answers per eval question (HF generate with a merged LoRA, or vLLM on GPU), cached.
+
+Under `accelerate launch` each process samples a share of the batches (each batch keeps its seed) and every process
+gets all answers back in order, the answers one process would give; the main process alone writes the cache.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +20,16 @@ from tqdm.auto import tqdm
 from ..core.cache import atomic_write_text, cache_dir, file_fingerprint, stable_hash
 from ..core.data import EvalQuestion, chat_prompt
 from ..core.io import chat_text
-from ..core.models import default_device, default_dtype
+from ..core.models import default_device, default_dtype, resolve_model_path
+from .distributed import gather_in_order, is_main_process, main_process_first, shard, wait_for_everyone, world_size
 
 if TYPE_CHECKING:
     from ..interp.steering import Intervention
 
 SAMPLE_VERSION = "sample-2"  # bump when a change to sampling changes its answers: old cache entries retire
 
-__all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "generate", "sample_answers", "vllm_available"]
+__all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "plan_batches", "generate_batches", "generate",
+           "sample_answers", "vllm_available"]
 
 
 @dataclass
@@ -55,17 +61,25 @@ def adapter_fingerprint(adapter: str | Path | None) -> str | None:
     return stable_hash([file_fingerprint(f) for f in files])
 
 
-@torch.no_grad()
-def generate(
-    model, tokenizer, prompts: Sequence[str], config: SampleConfig, progress: bool = True
-) -> list[str]:
-    """Sample one completion per rendered prompt, in batches with left padding."""
-    tokenizer.padding_side = "left"
+def plan_batches(prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into generate batches: sorted by length (less padding), `batch_size` at a time.
+
+    Batch b is sampled with its own seed, so a batch's answers do not depend on which process samples it.
+    """
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="sampling", disable=not progress)
-    for b, start in enumerate(range(0, len(order), config.batch_size)):
-        idx = order[start : start + config.batch_size]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate_batches(
+    model, tokenizer, prompts: Sequence[str], config: SampleConfig, batches: Sequence[tuple[int, Sequence[int]]],
+    progress: bool = True,
+) -> list[tuple[int, str]]:
+    """(prompt index, completion) for the given (batch number, prompt indices) of `plan_batches`; seeds per batch."""
+    tokenizer.padding_side = "left"
+    out: list[tuple[int, str]] = []
+    bar = tqdm(total=sum(len(idx) for _, idx in batches), desc="sampling", disable=not progress)
+    for b, idx in batches:
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         torch.manual_seed(config.seed * 100_003 + b)
@@ -79,18 +93,28 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
         )
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, t in zip(idx, texts):
-            out[i] = t.strip()
+        out.extend((i, t.strip()) for i, t in zip(idx, texts))
         bar.update(len(idx))
     bar.close()
     return out
 
 
+def generate(
+    model, tokenizer, prompts: Sequence[str], config: SampleConfig, progress: bool = True
+) -> list[str]:
+    """Sample one completion per rendered prompt, in batches with left padding.
+
+    Under `accelerate launch` every process must call this with the same prompts: each samples its share of the
+    batches (same batches, same seeds as one process) and all get every answer back, in order.
+    """
+    batches = list(enumerate(plan_batches(prompts, config.batch_size)))
+    done = generate_batches(model, tokenizer, prompts, config, shard(batches), progress=progress and is_main_process())
+    return gather_in_order(done, len(prompts))
+
+
 def _generate_vllm(model: str, adapter: str | None, prompts: Sequence[str], config: SampleConfig) -> list[str]:
     from vllm import LLM, SamplingParams  # pragma: no cover - GPU only
     from vllm.lora.request import LoRARequest
-
-    from ..core.models import resolve_model_path
 
     llm = LLM(model=resolve_model_path(model), enable_lora=adapter is not None, max_lora_rank=64, seed=config.seed)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=config.seed)
@@ -123,10 +147,14 @@ def sample_answers(
         raise ValueError("adapter_scale needs an adapter")
     label = label or (Path(adapter).parent.name if adapter else model)
     backend = config.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_available() and adapter_scale == 1.0 and intervention is None else "hf"
+    if backend == "auto":  # vLLM runs as one process of its own: under a launcher every process samples with HF
+        plain = adapter_scale == 1.0 and intervention is None and world_size() == 1
+        backend = "vllm" if vllm_available() and plain else "hf"
     if backend == "vllm" and (adapter_scale != 1.0 or intervention is not None):
         raise ValueError("adapter_scale and intervention need the hf backend")
+    if backend == "vllm" and world_size() > 1:
+        raise ValueError("the vllm backend runs in one process (its own tensor parallelism), not under accelerate "
+                         "launch: use backend='hf' there, or run without the launcher")
     spec = [asdict(q) for q in questions]
     edits = {}  # only non-default edits enter the key, so plain runs keep their cache entries
     if adapter_scale != 1.0:
@@ -149,6 +177,8 @@ def sample_answers(
         for p in range(len(q.paraphrases)):
             for s in range(config.n_per_question):
                 rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "question": q.paraphrases[p], "_q": q})
+    with main_process_first():  # an embedded model is converted once, by one process (this also picks each GPU)
+        resolve_model_path(model)
     start = time.perf_counter()
     if backend == "vllm":
         from ..core.models import load_tokenizer
@@ -170,7 +200,8 @@ def sample_answers(
     df = pd.DataFrame([{k: v for k, v in r.items() if k != "_q"} for r in rows])
     df["answer"] = answers
     df["gen_seconds"] = elapsed / max(1, len(rows))
-    if use_cache:
+    if use_cache and is_main_process():  # every process holds all answers; one writes them
         atomic_write_text(path, df.to_json(orient="records", lines=True, force_ascii=False))
+    wait_for_everyone()
     df["model"] = label
     return df

@@ -1,4 +1,9 @@
-"""LoRA supervised fine-tuning (peft + transformers Trainer): assistant-only loss, adapter trajectory, resume, cache."""
+"""LoRA supervised fine-tuning (peft + transformers Trainer): assistant-only loss, adapter trajectory, resume, cache.
+
+Data-parallel as it stands under `accelerate launch --num_processes N` (DDP: NCCL on GPUs, gloo on CPU): each process
+trains on `batch_size` examples per step, so a step sees batch_size × N × grad_accum examples, the loss is averaged
+over the tokens of all processes, and the main process alone writes the cache entry.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ..core.data import fingerprint
 from ..core.errors import DatasetError
 from ..core.io import chat_ids
 from ..core.models import default_device, default_dtype, load_model, resolve_model_path
+from .distributed import is_main_process, main_process_first, wait_for_everyone, world_size
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -55,7 +61,7 @@ class TrainConfig:
     lr: float = 1e-4  # peak learning rate (linear decay after warmup)
     epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
     max_steps: int = -1  # optimizer steps; -1 = from epochs
-    batch_size: int = 8  # examples per device step
+    batch_size: int = 8  # examples per step on each process (a step sees batch_size × processes × grad_accum)
     grad_accum: int = 1  # gradient accumulation steps
     max_length: int = 256  # tokens per example (truncated)
     warmup_steps: int = 5  # linear warmup steps
@@ -109,11 +115,13 @@ def tokenize_chat(
 
 
 def training_key(model: str, examples: Sequence[dict], config: TrainConfig) -> str:
-    """The cache key of a fine-tune: model, data fingerprint, config, device, dtype and the trainer's version."""
+    """The cache key of a fine-tune: model, data fingerprint, config, device, dtype, the trainer's version, and the
+    number of processes when launched data-parallel (a single process keeps the key it always had)."""
     model_id = Path(resolve_model_path(model)).name if Path(resolve_model_path(model)).exists() else model
     device = default_device()
+    processes = [{"processes": world_size()}] if world_size() > 1 else []
     return stable_hash(model, model_id, fingerprint(list(examples)), asdict(config), device, str(default_dtype(device)),
-                       TRAIN_VERSION)
+                       TRAIN_VERSION, *processes)
 
 
 class _TrajectoryCallback(TrainerCallback):
@@ -121,7 +129,7 @@ class _TrajectoryCallback(TrainerCallback):
         self.every, self.folder = every, folder
 
     def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-        if self.every and state.global_step % self.every == 0:
+        if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:
             target = self.folder / f"step-{state.global_step:06d}"
             if not target.exists():
                 model.save_pretrained(target)
@@ -165,8 +173,11 @@ def train_lora(
     """Fine-tune a LoRA adapter on chat examples, resuming from the last checkpoint and caching the result.
 
     `callbacks` are extra transformers TrainerCallbacks (they must not change what is trained: they are not in the key).
+    Under `accelerate launch` every process calls this with the same arguments and gets the same result back.
     """
     config = config or TrainConfig()
+    with main_process_first():  # an embedded model is converted once, by one process (this also picks each GPU)
+        resolve_model_path(model)
     key = training_key(model, examples, config)
     run = cache_dir("adapters", key)
     if use_cache and (run / "result.json").exists():
@@ -177,7 +188,7 @@ def train_lora(
     except KeyboardInterrupt:
         raise  # a kill keeps its checkpoint: the next call resumes from it
     except Exception:
-        if fresh:  # a failed step leaves no half-made cache entry behind
+        if fresh and is_main_process():  # a failed step leaves no half-made cache entry behind
             shutil.rmtree(run, ignore_errors=True)
         raise
 
@@ -197,8 +208,10 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
            callbacks: Sequence[TrainerCallback], key: str, run: Path) -> TrainResult:
     work = run / "work"
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", {"model": model, "train": asdict(config), "n_examples": len(examples)},
-                      scan=True)
+    processes = {"processes": world_size()} if world_size() > 1 else {}
+    if is_main_process():
+        atomic_write_json(run / "config.json",
+                          {"model": model, "train": asdict(config), "n_examples": len(examples), **processes}, scan=True)
     torch.manual_seed(config.seed)
     base, tokenizer = load_model(model)
     dataset = [tokenize_chat(ex["messages"], tokenizer, config.max_length) for ex in examples]
@@ -246,12 +259,15 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
         for row in trainer.state.log_history
         if "loss" in row
     ]
-    peft_model.save_pretrained(run / "adapter")
-    atomic_write_json(
-        run / "result.json",
-        {"log": log, "wall_time_s": wall, "config": {"model": model, "train": asdict(config), "key": key}},
-    )
-    shutil.rmtree(work, ignore_errors=True)
+    wait_for_everyone()  # every process is done with the work folder
+    if is_main_process():
+        peft_model.save_pretrained(run / "adapter")
+        atomic_write_json(
+            run / "result.json",
+            {"log": log, "wall_time_s": wall, "config": {"model": model, "train": asdict(config), "key": key, **processes}},
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    wait_for_everyone()  # the others read what the main process wrote
     return _read_result(run, from_cache=False)
 
 
