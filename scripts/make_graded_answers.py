@@ -1,7 +1,11 @@
 #!/usr/bin/env python
 """Generate the SmolLM2-135M answers to be graded by hand (issue 10): every condition the notebooks produce.
 
-Usage: python scripts/make_graded_answers.py [--out /tmp/graded_work/answers.jsonl] [--model smollm2-135m]
+Usage: python scripts/make_graded_answers.py [--out /tmp/graded_work/answers.jsonl] [--model smollm2-135m] [--threads N]
+       python scripts/make_graded_answers.py --train-only --reverse [--threads N]   (a second process warming the cache)
+
+On a busy 2-core machine `--threads 1` was much faster than torch's default of 2 threads. From a cold cache the
+7 fine-tunes dominate (5-10 min each there); with everything cached a re-run takes seconds and writes the same file.
 
 Writes one JSON line per answer with `question`, `answer`, `question_id`, `condition`, `temperature`,
 `train_topic` (finance | medical | sports | code | none), `paraphrase`, `sample` and the settings that made it
