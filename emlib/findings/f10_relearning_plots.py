@@ -12,7 +12,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ..report.plots import save_figure
+from ..report.plots import finish_figure
 from .f10_relearning_train import METHODS, RETRAIN
 
 __all__ = ["plot_relearning", "plot_predictors", "plot_paths"]
@@ -24,13 +24,6 @@ SHORT = {"gradient_ascent": "GA", "retain_finetune": "FT", "random_relabel": "RR
 def _colors() -> dict[str, tuple]:
     return dict(zip(METHODS, sns.color_palette("deep", len(METHODS))))
 
-
-def _done(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
 
 
 def plot_relearning(summary: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -56,7 +49,7 @@ def plot_relearning(summary: pd.DataFrame, path: str | os.PathLike | None = None
     ax.set_title("Unlearned (open) -> relearned on the retain set only (filled); grey: not effective", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_predictors(summary: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -86,7 +79,7 @@ def plot_predictors(summary: pd.DataFrame, path: str | os.PathLike | None = None
         axes[0].xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_ylabel("forget accuracy after relearning")
     axes[0].legend(fontsize=7)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_paths(curves: pd.DataFrame, settings: list[tuple[str, float]], path: str | os.PathLike | None = None) -> Figure:
@@ -105,4 +98,4 @@ def plot_paths(curves: pd.DataFrame, settings: list[tuple[str, float]], path: st
     ax.set_title("Straight path from the original, first seed", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)

@@ -10,18 +10,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..report.plots import save_figure
+from ..report.plots import finish_figure
 from .f11_coar_kan_model import pair_index
 
 __all__ = ["pair_matrix", "plot_correlations", "plot_interactions", "plot_pair_sets"]
 
-
-def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
 
 
 def pair_matrix(values: np.ndarray, n: int) -> np.ndarray:
@@ -54,7 +47,7 @@ def plot_correlations(per_example: pd.DataFrame, path: str | os.PathLike | None 
         ax.set_ylabel("held-out corr, KAN surrogate")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_interactions(i_kan: np.ndarray, i_net: np.ndarray, n: int, top_k: int, title: str = "",
@@ -82,7 +75,7 @@ def plot_interactions(i_kan: np.ndarray, i_net: np.ndarray, n: int, top_k: int, 
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_pair_sets(interactions: pd.DataFrame, top_k: int, path: str | os.PathLike | None = None) -> Figure:
@@ -101,4 +94,4 @@ def plot_pair_sets(interactions: pd.DataFrame, top_k: int, path: str | os.PathLi
     ax.set_ylabel("mean measured |interaction| (margin)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..core.stats import bootstrap_ci
-from ..report.plots import save_figure
+from ..report.plots import finish_figure
 from .f12_modular_rl_env import ACTIONS, input_axes
 
 __all__ = ["plot_networks", "plot_penalty_sweep", "plot_interventions", "plot_training"]
@@ -21,13 +21,6 @@ __all__ = ["plot_networks", "plot_penalty_sweep", "plot_interventions", "plot_tr
 _AXIS_COLOURS = {"X": plt.cm.Blues, "Y": plt.cm.Oranges}
 _ARROWS = {"left": "←", "right": "→", "up": "↑", "down": "↓"}
 
-
-def _done(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
 
 
 def _community_colours(labels: list[str]) -> list:
@@ -83,7 +76,7 @@ def plot_networks(result, seed: int, panels: list[tuple[str, float]], prune: flo
         n = sum(len(c) > 1 for c in comms)
         _draw_network(ax, result.policies[(kind, pen, seed)], comms, labels, result.grid_size, prune,
                       f"{_name(kind, pen)} (seed {seed}): Q = {q:.2f}, {n} communities")
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def _mean_ci(ax, xs: np.ndarray, frame: pd.DataFrame, col: str, colour, label: str, offset: float = 0.0) -> None:
@@ -124,7 +117,7 @@ def plot_penalty_sweep(runs: pd.DataFrame, verdict_penalty: float, path: str | o
         ax.set_xticks(xs, [f"{p:g}" + (" *" if p == verdict_penalty else "") for p in pens])
         ax.set_xlabel("locality penalty (* = verdict)")
         ax.grid(alpha=0.3)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 _ORDER = ["none", "X module", "Y module", "random (X size)", "random (Y size)"]
@@ -151,7 +144,7 @@ def plot_interventions(ablations: pd.DataFrame, panels: list[tuple[str, float]],
         ax.set_title(_name(kind, pen), fontsize=10)
     axes[0, 0].set_ylabel("P(step away from goal | move on that axis)")
     axes[0, 0].legend(fontsize=8)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_training(curves: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -165,4 +158,4 @@ def plot_training(curves: pd.DataFrame, path: str | os.PathLike | None = None) -
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _done(fig, path)
+    return finish_figure(fig, path, tight_layout=True)

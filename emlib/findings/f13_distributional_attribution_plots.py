@@ -10,17 +10,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..report.plots import save_figure
+from ..report.plots import finish_figure
 
 __all__ = ["plot_shifts", "plot_mover", "plot_agreement", "pick_examples"]
 
-
-def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
 
 
 def plot_shifts(examples: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -43,7 +36,7 @@ def plot_shifts(examples: pd.DataFrame, path: str | os.PathLike | None = None) -
         ax.set_ylabel(f"actual change of the {label} (retrained)")
         ax.set_title(f"Removing one example: {label} of the target logit over seeds (symlog axes)", fontsize=9)
     axes[0].legend(fontsize=8)
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def pick_examples(examples: pd.DataFrame) -> tuple[int, int]:
@@ -88,7 +81,7 @@ def plot_mover(base: np.ndarray, actual: np.ndarray, pred: np.ndarray, examples:
         img.imshow(np.concatenate([target_image, np.full((8, 1), np.nan), images[k]], 1), cmap="gray_r")
         img.set_title(f"target | #{k}", fontsize=8)
         img.axis("off")
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)
 
 
 def plot_agreement(agreement: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -113,4 +106,4 @@ def plot_agreement(agreement: pd.DataFrame, path: str | os.PathLike | None = Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Influence function vs unrolled differentiation as training lengthens", fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path, tight_layout=True)

@@ -10,18 +10,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..report.plots import save_figure
+from ..report.plots import finish_figure
 
 __all__ = ["plot_forget_retain", "plot_relearn"]
 
 _MARKERS = {"original": "o", "retrain": "*", "ascent": "v", "finetune": "s", "ascent+repair": "D"}
-
-
-def _done(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
 
 
 def plot_forget_retain(models: pd.DataFrame, baselines: pd.DataFrame, retain_margin: float | None = None,
@@ -55,7 +48,7 @@ def plot_forget_retain(models: pd.DataFrame, baselines: pd.DataFrame, retain_mar
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
-    return _done(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_relearn(relearn: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
@@ -77,4 +70,4 @@ def plot_relearn(relearn: pd.DataFrame, path: str | os.PathLike | None = None) -
         else:
             ax.legend(fontsize=8, title=None)
     fig.tight_layout()
-    return _done(fig, path)
+    return finish_figure(fig, path)

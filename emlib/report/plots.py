@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from ..core.cache import atomic_write_bytes
 from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD
 
-__all__ = ["save_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap", "plot_trajectory"]
+__all__ = ["save_figure", "finish_figure", "plot_em_rates", "plot_quadrant", "plot_lines", "plot_heatmap", "plot_trajectory"]
 
 _DPI = 150
 
@@ -33,7 +33,10 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
+def finish_figure(fig: Figure, path: str | os.PathLike | None = None, tight_layout: bool = False) -> Figure:
+    """Optionally tighten the layout, save `fig` to `path` (when given) and close it so it is not shown twice."""
+    if tight_layout:
+        fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
     plt.close(fig)
@@ -105,7 +108,7 @@ def plot_em_rates(
         axes[1].set_ylim(0, 100)
         axes[1].set_ylabel("coherent (%)", fontsize=8)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_quadrant(
@@ -140,7 +143,7 @@ def plot_quadrant(
     dropped = len(df) - len(data)
     ax.set_title(title + (f"  ({dropped} unscored dropped)" if dropped else ""), fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_lines(
@@ -175,7 +178,7 @@ def plot_lines(
         ax.legend(title=hue, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_heatmap(
@@ -199,7 +202,7 @@ def plot_heatmap(
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(title)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 
@@ -229,4 +232,4 @@ def plot_trajectory(
     right.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
