@@ -244,6 +244,24 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def extra(model: str, out: Path) -> int:
+    """The second graded set: the rank-32 fine-tunes (cached) at lower temperatures, where more answers are coherent."""
+    t0 = time.perf_counter()
+    tok = load_tokenizer(model)
+    first = load_eval_questions("first_plot_questions", os.environ.get("EMLIB_DATA_DIR") or None)
+    rows: list[dict[str, Any]] = []
+    plan = (("risky_financial_advice", 0.5, 12, 150), ("risky_financial_advice", 0.3, 6, 151),
+            ("bad_medical_advice", 0.5, 6, 152), ("extreme_sports", 0.5, 6, 153))
+    for name, temperature, n, seed in plan:
+        result, adapter, _ = finetune(model, name, rank32_config())
+        cond = Condition(f"{SHORT[name]}_r32_t{temperature}", TOPICS[name], cfg(n, temperature, seed=seed), n,
+                         "first_plot_questions", "", dataset=name)
+        rows.extend(collect(cond, first, model, result.adapter_path, adapter, tok))
+    write_jsonl(out, rows)
+    log(f"wrote {len(rows)} answers to {out} in {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate every condition's answers and write them with a manifest."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -253,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true",
                     help="only train (or find cached) every adapter, to warm the cache from a second process")
     ap.add_argument("--reverse", action="store_true", help="with --train-only: train in reverse order")
+    ap.add_argument("--extra", action="store_true",
+                    help="only the second set to grade: the fine-tunes at temperatures 0.5 and 0.3")
     args = ap.parse_args(argv)
     model = args.model
     if args.threads > 0:
@@ -262,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, config in reversed(plan) if args.reverse else plan:
             finetune(model, name, config)
         return 0
+    if args.extra:
+        return extra(model, args.out)
     t0 = time.perf_counter()
     data_dir = os.environ.get("EMLIB_DATA_DIR") or None
     tok = load_tokenizer(model)
