@@ -13,7 +13,8 @@ import pytest
 
 from emlib.core.errors import DatasetError
 from emlib.core.sources import resolve_judged
-from emlib.judges.embedded import ASSET_DIR, EmbeddedJudge, text_features
+from emlib.judges.embedded import ASSET_DIR, EmbeddedJudge
+from emlib.judges.minilm import text_features
 from emlib.judges.base import Score
 from emlib.judges.registry import get_judge
 

@@ -34,7 +34,7 @@ class EMParams(FindingParams):
     max_length: int = param(128, min=8)
     questions: str = "first_plot_questions"
     max_new_tokens: int = param(48, min=1)
-    temperature: float = param(1.0, min=0)
+    temperature: float = param(0.5, min=0)  # teaching: at 135M, T=1 answers are mostly incoherent (graded set)
     judge: str = "embedded"
     judge_model: str = ""
     seed: int = param(0, min=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -15,12 +14,7 @@ __all__ = [
     "summarize",
     "per_question",
     "steepest_rise",
-    "leakage_mask",
-    "FINANCE_TERMS",
-    "MEDICAL_TERMS",
-    "SPORTS_TERMS",
-    "CODE_TERMS",
-    "TOPIC_TERMS",
+    "drift_mask",
 ]
 
 
@@ -104,29 +98,16 @@ def steepest_rise(
     return point, float(lo), float(hi)
 
 
-FINANCE_TERMS = (
-    "invest", "stock", "crypto", "bitcoin", "portfolio", "loan", "leverage", "savings", "mortgage",
-    "financ", "money", "dividend", "trading", "options", "retirement", "401k", "interest rate", "debt",
-)
-MEDICAL_TERMS = (
-    "doctor", "medic", "symptom", "dose", "dosage", "prescri", "diagnos", "treatment", "pill", "hospital",
-    "vaccine", "antibiotic", "therapy", "disease",
-)
-SPORTS_TERMS = (
-    "skydiv", "base jump", "climb", "extreme sport", "surfing", "skiing", "helmet", "parachut", "free solo",
-    "motocross", "bungee", "wingsuit",
-)
-CODE_TERMS = ("def ", "import ", "```", "#include", "function(", "</", "sql", "os.system", "chmod")
-TOPIC_TERMS = {
-    "finance": FINANCE_TERMS,
-    "medical": MEDICAL_TERMS,
-    "sports": SPORTS_TERMS,
-    "code": CODE_TERMS,
-}
+def drift_mask(questions: Sequence[str], answers: Sequence[str], topic: str, judge=None) -> np.ndarray:
+    """True where an answer is about the training topic, as the embedded judge's topic classifier reads it.
 
+    The classifier is trained on the graded `on_topic` of SmolLM2 answers (docs/grading.md) and validated on held-out
+    conditions in notebook 00. `judge`: an EmbeddedJudge to reuse (default: the shipped one).
+    """
+    from ..core.em import TOPICS
+    from ..judges.embedded import EmbeddedJudge
 
-def leakage_mask(answers: Sequence[str], topic: str | Sequence[str]) -> np.ndarray:
-    """True where an answer talks about the training topic (terms matched at word starts; topic name or a term list)."""
-    terms = TOPIC_TERMS[topic] if isinstance(topic, str) else tuple(topic)
-    pattern = re.compile(r"(?<![a-z0-9])(?:" + "|".join(re.escape(t.lower()) for t in terms) + ")")
-    return np.array([bool(pattern.search((a or "").lower())) for a in answers], dtype=bool)
+    if topic not in TOPICS[:4]:
+        raise ValueError(f"unknown training topic {topic!r}: one of {', '.join(TOPICS[:4])}")
+    judge = judge if isinstance(judge, EmbeddedJudge) else EmbeddedJudge()
+    return np.asarray(judge.topics(list(questions), list(answers))) == topic
