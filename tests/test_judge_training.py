@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from emlib.judges import graded as G
 from emlib.judges.calibration import calibrated, fit_thresholds
@@ -67,7 +68,10 @@ def test_small_training_run_is_deterministic_and_reports_held_out_parts(tmp_path
                               synthetic_heldout_per_kind=2, hidden=16)
     v1 = train_embedded_judge(str(path), str(tmp_path / "a"), seed=0, cfg=cfg)
     v2 = train_embedded_judge(str(path), str(tmp_path / "b"), seed=0, cfg=cfg)
-    assert (tmp_path / "a" / "judge_weights.safetensors").read_bytes() == (tmp_path / "b" / "judge_weights.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "judge_weights.safetensors")) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "same seed, same tensors"
     meta = json.loads((tmp_path / "a" / "judge_meta.json").read_text())
     final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == "final")
     assert meta["heldout_conditions"] == final and meta["stage"] == "final"

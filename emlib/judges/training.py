@@ -201,7 +201,7 @@ def export_weights(heads, topic: dict[str, torch.Tensor], path: Path) -> tuple[l
 
     sd = {f"heads.{i}.{k}": v for i, h in enumerate(heads) for k, v in h.state_dict().items()} | topic
     half = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
-    save_file(half, str(path), metadata={"format": "emlib-embedded-judge-2", "n_heads": str(len(heads))})
+    save_file(half, str(path), metadata={"format": "emlib-embedded-judge-2"})  # one key: the header order is then fixed
     os.chmod(path, 0o644)
     back = {k: v.float() for k, v in half.items()}
     heads_back = [{k[len(f"heads.{i}.") :]: v for k, v in back.items() if k.startswith(f"heads.{i}.")} for i in range(len(heads))]
