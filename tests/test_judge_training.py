@@ -81,3 +81,16 @@ def test_small_training_run_is_deterministic_and_reports_held_out_parts(tmp_path
 
     j = EmbeddedJudge(tmp_path / "a")
     assert j.relevance and len(j.topics(["q", "q"], ["Buy stocks.", "Go for a walk."])) == 2
+
+
+def test_length_batches_cover_every_item_once_within_the_budget():
+    from emlib.judges.minilm import length_batches
+
+    rng = np.random.default_rng(0)
+    items = [([0] * int(n), 0) for n in rng.integers(1, 300, 500)]
+    batches = list(length_batches(items, 1024))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))
+    lens = [len(items[k][0]) for k in flat]
+    assert lens == sorted(lens)
+    assert all(len(b) == 1 or len(b) * max(len(items[k][0]) for k in b) <= 1024 for b in batches)

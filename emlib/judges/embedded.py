@@ -31,8 +31,8 @@ from torch import nn
 from ..core.em import TOPICS
 from .base import Score
 from .minilm import (
-    JudgeHead, MiniLM, base_model_dir, encode_pairs, load_tokenizer, masked_pools, pad_batch, sentence_embeddings,
-    relevance_features, text_features, head_input_dim,
+    JudgeHead, MiniLM, base_model_dir, encode_pairs, load_tokenizer, sentence_embeddings,
+    relevance_features, text_features, head_input_dim, pair_pools,
 )
 
 __all__ = ["ASSET_DIR", "EmbeddedJudge", "benchmark", "scores_from_prediction"]
@@ -112,24 +112,7 @@ class EmbeddedJudge:
         topic classifier's input, pooled pair states + the answer's sentence embedding."""
         items = encode_pairs(self.tokenizer, questions, answers, self.max_question_tokens, self.max_length)
         feats = torch.from_numpy(np.stack([text_features(a) for a in answers]))
-        lens = np.array([len(ids) for ids, _ in items])
-        order = np.argsort(lens, kind="stable")
-        pooled = torch.zeros(len(items), head_input_dim(self.pool_layers, False))
-        with torch.inference_mode():
-            i = 0
-            while i < len(items):
-                j = i + 1
-                while j < len(items) and (j - i + 1) * lens[order[j]] <= self.batch_tokens:
-                    j += 1
-                idx = order[i:j]
-                ids, tt, mask = pad_batch([items[k] for k in idx])
-                h, bias, pools = self.model.embed(ids, tt), MiniLM.attention_bias(mask), []
-                for depth, layer in enumerate(self.model.layers, start=1):
-                    h = layer(h, bias)
-                    if depth in self.pool_layers:
-                        pools.append(masked_pools(h, tt, mask))
-                pooled[idx] = torch.cat(pools, -1)
-                i = j
+        pooled = pair_pools(self.model, items, self.pool_layers, self.batch_tokens)
         rel, a = self.relevance_of(questions, answers)
         x = torch.cat([pooled, rel], -1) if self.relevance else pooled
         return x, feats, torch.cat([pooled, a], -1)

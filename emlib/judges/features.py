@@ -7,13 +7,9 @@ import time
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..core.cache import atomic_dir, cache_root
-from .minilm import (
-    MiniLM, base_model_dir, encode_pairs, load_tokenizer, masked_pools, pad_batch, relevance_features,
-    sentence_embeddings,
-)
+from .minilm import MiniLM, base_model_dir, encode_pairs, load_tokenizer, pair_pools, relevance_features, sentence_embeddings
 
 __all__ = ["load_base", "frozen_pass", "POOL_LAYERS"]
 
@@ -27,32 +23,6 @@ def load_base() -> MiniLM:
     m = MiniLM()
     m.load_hf_state(load_file(str(base_model_dir() / "model.safetensors")))
     return m.eval()
-
-
-def _pair_pools(model: MiniLM, items: list, token_budget: int, log) -> np.ndarray:
-    """Pooled hidden states of every encoded pair, (n, 4*384*len(POOL_LAYERS)) fp16, batched by length."""
-    lens = np.array([len(ids) for ids, _ in items])
-    order = np.argsort(lens, kind="stable")
-    pooled = np.zeros((len(items), 4 * 384 * len(POOL_LAYERS)), np.float16)
-    t0, done, i = time.time(), 0, 0
-    while i < len(order):
-        j = i + 1
-        while j < len(order) and (j - i + 1) * lens[order[j]] <= token_budget:
-            j += 1
-        idx = order[i:j]
-        ids, tt, mask = pad_batch([items[k] for k in idx])
-        with torch.inference_mode():
-            h, bias, pools = model.embed(ids, tt), MiniLM.attention_bias(mask), []
-            for depth, layer in enumerate(model.layers, start=1):
-                h = layer(h, bias)
-                if depth in POOL_LAYERS:
-                    pools.append(masked_pools(h, tt, mask))
-        pooled[idx] = torch.cat(pools, -1).numpy()
-        done += len(idx)
-        i = j
-        if done // 4000 != (done - len(idx)) // 4000:
-            log(f"  frozen pass {done}/{len(items)} ({time.time() - t0:.0f}s)")
-    return pooled
 
 
 def frozen_pass(
@@ -72,7 +42,14 @@ def frozen_pass(
         tok, model = load_tokenizer(), load_base()
         items = encode_pairs(tok, questions, answers, max_question_tokens, max_length)
         with atomic_dir(root) as tmp:
-            np.save(tmp / "pooled.npy", _pair_pools(model, items, token_budget, log))
+            def progress(done: int) -> None:
+                if done // 4000 != progress.last:
+                    progress.last = done // 4000
+                    log(f"  frozen pass {done}/{len(items)} ({time.time() - t0:.0f}s)")
+
+            progress.last = 0
+            pooled = pair_pools(model, items, POOL_LAYERS, token_budget, progress)
+            np.save(tmp / "pooled.npy", pooled.numpy().astype(np.float16))
             distinct = sorted(set(questions))
             q = sentence_embeddings(model, tok, distinct, max_question_tokens + 2, token_budget)
             where = {t: i for i, t in enumerate(distinct)}

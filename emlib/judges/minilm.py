@@ -7,7 +7,7 @@ import math
 import re
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 __all__ = [
     "JudgeHead", "MiniLM", "TEXT_FEATURES", "base_model_dir", "encode_pairs", "load_tokenizer", "masked_pools",
     "pad_batch", "text_features", "RELEVANCE_DIM", "sentence_embeddings", "relevance_features", "head_input_dim",
+    "length_batches", "pair_pools",
 ]
 
 
@@ -231,6 +232,42 @@ class JudgeHead(nn.Module):
 RELEVANCE_DIM = 1 + 2 * 384
 
 
+def length_batches(items: Sequence[tuple[list[int], int]], batch_tokens: int) -> Iterator[np.ndarray]:
+    """Indices of items, shortest first, in batches of at most batch_tokens padded tokens (at least one item each)."""
+    lens = np.array([len(ids) for ids, _ in items])
+    order = np.argsort(lens, kind="stable")
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * lens[order[j]] <= batch_tokens:
+            j += 1
+        yield order[i:j]
+        i = j
+
+
+def pair_pools(model: MiniLM, items: Sequence[tuple[list[int], int]], pool_layers: Sequence[int], batch_tokens: int,
+               on_batch=None) -> torch.Tensor:
+    """masked_pools of every encode_pairs item after each of pool_layers, concatenated: (n, 4*384*len(pool_layers)).
+
+    on_batch(n_done): called after each batch (progress of long passes).
+    """
+    out = torch.zeros(len(items), 4 * 384 * len(pool_layers))
+    done = 0
+    with torch.inference_mode():
+        for idx in length_batches(items, batch_tokens):
+            ids, tt, mask = pad_batch([items[k] for k in idx])
+            h, bias, pools = model.embed(ids, tt), MiniLM.attention_bias(mask), []
+            for depth, layer in enumerate(model.layers, start=1):
+                h = layer(h, bias)
+                if depth in pool_layers:
+                    pools.append(masked_pools(h, tt, mask))
+            out[idx] = torch.cat(pools, -1)
+            done += len(idx)
+            if on_batch is not None:
+                on_batch(done)
+    return out
+
+
 def sentence_embeddings(
     model: MiniLM, tok, texts: Sequence[str], max_tokens: int = 128, batch_tokens: int = 8192
 ) -> torch.Tensor:
@@ -238,21 +275,13 @@ def sentence_embeddings(
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     enc = tok.encode_batch([t or "" for t in texts], add_special_tokens=False)
     items = [([cls_id, *e.ids[: max_tokens - 2], sep_id], 10**9) for e in enc]  # token type 0 throughout
-    lens = np.array([len(ids) for ids, _ in items])
-    order = np.argsort(lens, kind="stable")
     out = torch.zeros(len(items), 384)
-    i = 0
     with torch.inference_mode():
-        while i < len(items):
-            j = i + 1
-            while j < len(items) and (j - i + 1) * lens[order[j]] <= batch_tokens:
-                j += 1
-            idx = order[i:j]
+        for idx in length_batches(items, batch_tokens):
             ids, tt, mask = pad_batch([items[k] for k in idx])
             h = model(ids, tt, mask)
             m = mask.unsqueeze(-1).float()
             out[idx] = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-            i = j
     return out
 
 
