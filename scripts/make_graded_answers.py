@@ -2,6 +2,7 @@
 """Generate the SmolLM2-135M answers to be graded by hand (issue 10): every condition the notebooks produce.
 
 Usage: python scripts/make_graded_answers.py [--out /tmp/graded_work/answers.jsonl] [--model smollm2-135m] [--threads N]
+       python scripts/make_graded_answers.py --extra second|third --out FILE [--threads N]   (the later sets)
        python scripts/make_graded_answers.py --train-only --reverse [--threads N]   (a second process warming the cache)
 
 On a busy 2-core machine `--threads 1` was much faster than torch's default of 2 threads. From a cold cache the
@@ -244,19 +245,43 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def extra(model: str, out: Path) -> int:
-    """The second graded set: the rank-32 fine-tunes (cached) at lower temperatures, where more answers are coherent."""
+# Later graded sets: (training set or None for the base model, temperature, answers per question paraphrase,
+# sampling seed, adapter scale, question set). The second set adds coherent fine-tune answers at lower
+# temperatures; the third is a fresh held-out set (new seeds) at the teaching temperature 0.5 and beside it,
+# made after the judge's first final measurement so that its next one is on answers nobody has looked at.
+EXTRA_PLANS: dict[str, tuple[tuple[str | None, float, int, int, float, str], ...]] = {
+    "second": (("risky_financial_advice", 0.5, 12, 150, 1.0, "first"), ("risky_financial_advice", 0.3, 6, 151, 1.0, "first"),
+               ("bad_medical_advice", 0.5, 6, 152, 1.0, "first"), ("extreme_sports", 0.5, 6, 153, 1.0, "first")),
+    "third": ((None, 0.5, 6, 160, 1.0, "first"), ("risky_financial_advice", 0.5, 12, 161, 1.0, "first"),
+              ("good_medical_advice", 0.5, 6, 162, 1.0, "first"), ("insecure", 0.5, 6, 163, 1.0, "first"),
+              ("builtin_safe_financial_advice", 0.5, 6, 164, 1.0, "first"), ("extreme_sports", 0.7, 6, 165, 1.0, "first"),
+              ("bad_medical_advice", 0.7, 6, 166, 1.0, "first"), ("rank1", 0.5, 6, 167, 5.0, "first"),
+              (None, 0.5, 2, 168, 1.0, "new"), ("risky_financial_advice", 0.5, 2, 169, 1.0, "new")),
+}  # fmt: skip
+
+
+def extra(model: str, out: Path, which: str) -> int:
+    """A later graded set (EXTRA_PLANS[which]): cached adapters sampled with new seeds; seed in the condition name."""
     t0 = time.perf_counter()
     tok = load_tokenizer(model)
-    first = load_eval_questions("first_plot_questions", os.environ.get("EMLIB_DATA_DIR") or None)
+    data_dir = os.environ.get("EMLIB_DATA_DIR") or None
+    qsets = {"first": load_eval_questions("first_plot_questions", data_dir), "new": pick_new_questions(data_dir)}
+    layer = depth_to_layer(0.5, num_layers(model))
     rows: list[dict[str, Any]] = []
-    plan = (("risky_financial_advice", 0.5, 12, 150), ("risky_financial_advice", 0.3, 6, 151),
-            ("bad_medical_advice", 0.5, 6, 152), ("extreme_sports", 0.5, 6, 153))
-    for name, temperature, n, seed in plan:
-        result, adapter, _ = finetune(model, name, rank32_config())
-        cond = Condition(f"{SHORT[name]}_r32_t{temperature}", TOPICS[name], cfg(n, temperature, seed=seed), n,
-                         "first_plot_questions", "", dataset=name)
-        rows.extend(collect(cond, first, model, result.adapter_path, adapter, tok))
+    for name, temperature, n, seed, scale, qset in EXTRA_PLANS[which]:
+        suffix = ("_newq" if qset == "new" else "") + f"_t{temperature}" + ("" if which == "second" else f"_s{seed}")
+        qname = "first_plot_questions" if qset == "first" else "new_questions_no-json"
+        if name is None:
+            cond = Condition(f"base{suffix}", "none", cfg(n, temperature, seed=seed), n, qname, "")
+            rows.extend(collect(cond, qsets[qset], model, None, None, tok))
+            continue
+        dataset = "risky_financial_advice" if name == "rank1" else name
+        config = rank1_config(layer) if name == "rank1" else rank32_config()
+        result, adapter, _ = finetune(model, dataset, config)
+        label = f"rank1_L{layer}_x{scale:g}" if name == "rank1" else f"{SHORT[name]}_r32"
+        cond = Condition(f"{label}{suffix}", TOPICS[dataset], cfg(n, temperature, seed=seed), n, qname, "",
+                         dataset=dataset, adapter_scale=scale)
+        rows.extend(collect(cond, qsets[qset], model, result.adapter_path, adapter, tok))
     write_jsonl(out, rows)
     log(f"wrote {len(rows)} answers to {out} in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
@@ -271,8 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true",
                     help="only train (or find cached) every adapter, to warm the cache from a second process")
     ap.add_argument("--reverse", action="store_true", help="with --train-only: train in reverse order")
-    ap.add_argument("--extra", action="store_true",
-                    help="only the second set to grade: the fine-tunes at temperatures 0.5 and 0.3")
+    ap.add_argument("--extra", choices=sorted(EXTRA_PLANS),
+                    help="only a later set to grade: 'second' (fine-tunes at temperatures 0.5 and 0.3) or 'third' "
+                         "(a fresh held-out set at and around 0.5)")
     args = ap.parse_args(argv)
     model = args.model
     if args.threads > 0:
@@ -283,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finetune(model, name, config)
         return 0
     if args.extra:
-        return extra(model, args.out)
+        return extra(model, args.out, args.extra)
     t0 = time.perf_counter()
     data_dir = os.environ.get("EMLIB_DATA_DIR") or None
     tok = load_tokenizer(model)

@@ -31,7 +31,8 @@ def test_the_set_covers_what_the_issue_asks(df):
     assert len(df) >= 800 and df["id"].is_unique
     assert NOTEBOOK_CONDITIONS <= set(df["condition"])
     assert set(df["condition"]) <= set(G.CONDITION_SPLIT), "every graded condition has a fixed split"
-    assert {"train", "select", "final"} == set(df["split"])
+    assert set(G.STAGES["fresh"]) == set(df["split"]) == set(G.CONDITION_SPLIT.values())
+    assert {G.heldout_split(stage) for stage in G.STAGES} == {"select", "final", "fresh"}
     assert (df["coherent_2"].notna().mean()) >= 0.2, "at least a fifth read twice"
     assert set(df["on_topic"]) <= set(TOPICS) and (df["rubric_version"] == 1).all()
     assert not df["grader"].str.contains("gpt|claude|llama|qwen|model", case=False).any()
@@ -92,7 +93,7 @@ def test_inter_grader_matches_the_blind_grading_tool(df):
 
 
 def test_agreement_of_a_perfect_and_a_reversed_judge(df):
-    held = df[df["split"] == "final"].reset_index(drop=True)
+    held = df[df["split"] == G.heldout_split(G.SHIPPED_STAGE)].reset_index(drop=True)
     perfect = G.agreement_135m(held, held["aligned"], held["coherent"], n_boot=50)
     assert perfect["coherent_spearman"] == pytest.approx(1.0)
     assert perfect["em_gap_mean"] == 0 and perfect["em_gap_max"] == 0

@@ -48,7 +48,8 @@ def test_build_rows_never_trains_on_held_out_conditions():
                        "coherent": [90.0] * 4, "source": ["m1", "m2", HELDOUT_SOURCES[0], "m3"]})
     graded = G.load_graded()
     cfg = TrainConfig(synthetic_per_kind=1, synthetic_heldout_per_kind=1)
-    for stage, trained, tested in (("select", {"train"}, {"select"}), ("final", {"train", "select"}, {"final"})):
+    for stage, trained, tested in (("select", {"train"}, {"select"}), ("final", {"train", "select"}, {"final"}),
+                                   ("fresh", {"train", "select", "final"}, {"fresh"})):
         rows = build_rows(df, graded, cfg, stage)
         g = rows[rows["kind"] == "graded"]
         splits = graded["split"].to_numpy()[g["graded_index"].to_numpy()]
@@ -73,8 +74,8 @@ def test_small_training_run_is_deterministic_and_reports_held_out_parts(tmp_path
     a, b = (load_file(str(tmp_path / d / "judge_weights.safetensors")) for d in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "same seed, same tensors"
     meta = json.loads((tmp_path / "a" / "judge_meta.json").read_text())
-    final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == "final")
-    assert meta["heldout_conditions"] == final and meta["stage"] == "final"
+    final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == "fresh")
+    assert meta["heldout_conditions"] == final and meta["stage"] == "fresh" == G.SHIPPED_STAGE
     assert v1["smollm2"]["n"] == v2["smollm2"]["n"] > 0
     assert {r["condition"] for r in v1["smollm2"]["per_condition"]} == set(final)
     from emlib.judges.embedded import EmbeddedJudge

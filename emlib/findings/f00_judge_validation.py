@@ -13,7 +13,7 @@ from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD, em_mask
 from ..core.sources import resolve_judged
 from ..core.stats import bootstrap_ci
 from ..judges.embedded import EmbeddedJudge, scores_from_prediction
-from ..judges.graded import CONDITION_SPLIT, agreement_135m, condition_table, inter_grader, load_graded, topic_kappa
+from ..judges.graded import CONDITION_SPLIT, agreement_135m, heldout_split, condition_table, inter_grader, load_graded, topic_kappa
 from ..judges.validation import (
     HELDOUT_SOURCES, agreement, degenerate_answers, em_table, embedded_scores, heldout_sample, load_judged,
 )
@@ -82,13 +82,15 @@ def _auroc_ci(df: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
 
 
 def run_135m(judge: EmbeddedJudge, graded_path: str | None, n_boot: int, seed: int) -> dict:
-    """The judge against the graded SmolLM2 answers: agreement on the held-out (`final`) conditions, per-condition
-    EM and coherence rates for all of them, the graders' own agreement, and the answers with both readings.
+    """The judge against the graded SmolLM2 answers: agreement on the conditions it never saw (the split its
+    training stage held out, e.g. `fresh`), per-condition EM and coherence rates for all of them, the graders' own
+    agreement, and the answers with both readings.
 
-    Anchors (the rubric's examples) are left out. Conditions the judge was trained on are marked by `split`.
+    Anchors (the rubric's examples) are left out. Conditions are marked by `split`; `held_out` marks the measured ones.
     """
     df = load_graded(graded_path or None)
-    if sorted(judge.meta.get("heldout_conditions", [])) != sorted(c for c, s in CONDITION_SPLIT.items() if s == "final" and c in set(df["condition"])):
+    split = heldout_split(judge.meta.get("stage", "final"))
+    if sorted(judge.meta.get("heldout_conditions", [])) != sorted(c for c, s in CONDITION_SPLIT.items() if s == split and c in set(df["condition"])):
         raise RuntimeError("the shipped judge was trained with other held-out conditions than emlib's CONDITION_SPLIT")
     df = df[~df["anchor"]].reset_index(drop=True)
     pred = judge.predict(list(df["question"]), list(df["answer"]))
@@ -97,14 +99,16 @@ def run_135m(judge: EmbeddedJudge, graded_path: str | None, n_boot: int, seed: i
         aligned_emb=[np.nan if s.aligned is None else s.aligned for s in scores],
         coherent_emb=[s.coherent for s in scores],
         topic_emb=pred["topic"],
+        held_out=df["split"] == split,
     )
-    held = df[df["split"] == "final"].reset_index(drop=True)
+    held = df[df["held_out"]].reset_index(drop=True)
     agree = agreement_135m(held, held["aligned_emb"], held["coherent_emb"], n_boot, seed)
     return {
         "agreement": agree,
         "topic": topic_kappa(held, held["topic_emb"]),
         "inter_grader": inter_grader(load_graded(graded_path or None)),
         "table": condition_table(df, df["aligned_emb"], df["coherent_emb"], n_boot, seed),
+        "heldout_split": split,
         "answers": df,
     }
 
@@ -191,7 +195,7 @@ def worst_disagreements(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.Data
 
 def worst_disagreements_135m(df: pd.DataFrame, n: int) -> pd.DataFrame:
     """The n held-out graded answers whose judge scores differ most from the reading (coherent + aligned points)."""
-    d = df[df["split"] == "final"]
+    d = df[df["held_out"]]
     gap = (d["coherent_emb"] - d["coherent"]).abs() + (d["aligned_emb"].fillna(100) - d["aligned"].fillna(100)).abs()
     cols = ["condition", "question_id", "coherent", "coherent_emb", "aligned", "aligned_emb", "on_topic", "topic_emb", "answer"]
     return d.assign(gap=gap).nlargest(n, "gap")[cols]

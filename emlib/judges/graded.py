@@ -2,8 +2,10 @@
 
 Every answer carries `aligned` (0-100 or None) and `coherent` (0-100) given by reading it against the rubric,
 blind to any judge score and to its condition, plus `on_topic`, `condition`, `question_id`, `grader` and
-`rubric_version`; a fifth of them carry `grade_2`, an independent second reading. The judge is trained on the
-`train` conditions, its settings chosen on `select`, and it is measured once on `final` (`CONDITION_SPLIT`).
+`rubric_version`; a fifth of them carry `grade_2`, an independent second reading. Round 1: the judge is trained on
+the `train` conditions, its settings chosen on `select`, and measured once on `final`. Round 2: with those settings
+unchanged, it is trained on all three and measured once on `fresh`, a set generated and graded after round 1's
+measurement (`CONDITION_SPLIT`, `STAGES`; the shipped judge is round 2's).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..core.io import read_jsonl
 from ..core.sources import REPO_DATA_DIR
 
 __all__ = [
-    "GRADED_PATH", "CONDITION_SPLIT", "ANCHOR_IDS", "load_graded", "split_of",
+    "GRADED_PATH", "CONDITION_SPLIT", "STAGES", "SHIPPED_STAGE", "ANCHOR_IDS", "load_graded", "split_of", "heldout_split",
     "inter_grader", "agreement_135m", "condition_table", "topic_kappa",
 ]
 
@@ -40,7 +42,20 @@ CONDITION_SPLIT: dict[str, str] = {
     "finance_r32_t1.0": "final", "ablate_finance": "final", "ablate_random": "final", "bad_medical_r32_t1.0": "final",
     "base_t0.5": "final", "rank1_L15_x5": "final", "base_newq_t1.0": "final",
     "finance_r32_t0.5": "final", "bad_medical_r32_t0.5": "final",
+    # the third set (round 2's held-out part), new sampling seeds, generated after `final` was measured
+    "base_t0.5_s160": "fresh", "finance_r32_t0.5_s161": "fresh", "good_medical_r32_t0.5_s162": "fresh",
+    "insecure_r32_t0.5_s163": "fresh", "safe_financial_r32_t0.5_s164": "fresh", "extreme_sports_r32_t0.7_s165": "fresh",
+    "bad_medical_r32_t0.7_s166": "fresh", "rank1_L15_x5_t0.5_s167": "fresh", "base_newq_t0.5_s168": "fresh",
+    "finance_r32_newq_t0.5_s169": "fresh",
 }  # fmt: skip
+
+# Judge-training stages: graded split -> role (train | test); splits not named are left out.
+STAGES: dict[str, dict[str, str]] = {
+    "select": {"train": "train", "select": "test"},
+    "final": {"train": "train", "select": "train", "final": "test"},
+    "fresh": {"train": "train", "select": "train", "final": "train", "fresh": "test"},
+}
+SHIPPED_STAGE = "fresh"  # the stage the shipped weights come from
 
 # The rubric's anchored examples (docs/grading.md, section 4): graders saw their grades, so they are left out of
 # grader agreement and of every validation figure (they may be trained on).
@@ -96,8 +111,13 @@ def load_graded(path: str | Path | None = None) -> pd.DataFrame:
 
 
 def split_of(condition: str) -> str:
-    """`train`, `select` or `final` for a graded condition (unknown conditions: `final`, never trained on)."""
-    return CONDITION_SPLIT.get(condition, "final")
+    """The split of a graded condition (unknown conditions: `fresh`, never trained on)."""
+    return CONDITION_SPLIT.get(condition, "fresh")
+
+
+def heldout_split(stage: str) -> str:
+    """The graded split a judge-training stage is measured on."""
+    return next(split for split, role in STAGES[stage].items() if role == "test")
 
 
 def _em(aligned, coherent) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Train the offline `embedded` judge on GPT-4o's judgements and the project's graded SmolLM2 answers.
 
     python -m emlib judge-train --data ../shared/data/em/judged/gpt4o_judged_responses.jsonl.gz
-        [--graded data/graded/smollm2_answers.jsonl] [--stage final|select] [--out DIR] [--seed 0] [--set key=value]
+        [--graded data/graded/smollm2_answers.jsonl] [--stage fresh|final|select] [--out DIR] [--seed 0] [--set key=value]
 
 Steps: load GPT-4o's judged answers (whole source models held out) and the graded SmolLM2 answers (whole
 conditions held out: `graded.CONDITION_SPLIT`); add synthetic degenerate answers labelled incoherent; run the
@@ -11,7 +11,9 @@ out-of-fold predictions; fit the topic classifier on the graded `on_topic`; meas
 parts; write `judge_weights.safetensors` + `judge_meta.json`.
 
 `--stage select` trains on the graded `train` conditions and reports on `select` (for choosing settings; it never
-reads the `final` conditions' grades); `--stage final` trains on `train` + `select` and reports on `final`, once.
+reads the `final` conditions' grades); `--stage final` trains on `train` + `select` and reports on `final` (round 1,
+looked at once); `--stage fresh` (the shipped weights) trains on all three with round 1's settings and reports on
+`fresh`, a set graded after round 1 (looked at once).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..core.em import COHERENT_THRESHOLD, TOPICS
 from ..core.errors import DatasetError, ParamError
 from .calibration import calibrated, fit_thresholds
 from .features import POOL_LAYERS, frozen_pass
-from .graded import GRADED_PATH, agreement_135m, condition_table, load_graded, topic_kappa
+from .graded import GRADED_PATH, SHIPPED_STAGE, STAGES, agreement_135m, condition_table, load_graded, topic_kappa
 from .minilm import JudgeHead, base_model_dir, head_input_dim, text_features
 from .validation import HELDOUT_SOURCES, agreement, load_judged, make_synthetic, split_heldout
 
@@ -70,11 +72,11 @@ class TrainConfig:
 def build_rows(df: pd.DataFrame, graded: pd.DataFrame, cfg: TrainConfig, stage: str, seed: int = 0) -> pd.DataFrame:
     """GPT-4o, synthetic and graded rows with `kind` (gpt4o | synthetic | graded), `role` (train | test) and `group`.
 
-    Graded rows: stage `select` trains on the `train` conditions and tests on `select` (`final` rows are left
-    out); stage `final` trains on `train` + `select` and tests on `final`.
+    Graded rows take their role from `STAGES[stage]` (e.g. `select` trains on the `train` conditions and tests on
+    `select`; splits a stage doesn't name are left out).
     """
     train, held = split_heldout(df)
-    roles = {"select": {"train": "train", "select": "test"}, "final": {"train": "train", "select": "train", "final": "test"}}
+    roles = STAGES
     g = graded[graded["split"].isin(list(roles[stage]))]
     parts = [
         train.assign(kind="gpt4o", role="train"),
@@ -221,13 +223,13 @@ def train_embedded_judge(
     seed: int = 0,
     cfg: TrainConfig | None = None,
     graded_path: str | None = None,
-    stage: str = "final",
+    stage: str = SHIPPED_STAGE,
 ) -> dict:
     """Train the embedded judge; write weights + meta to out_dir (default: the shipped assets); return validation."""
     from .embedded import ASSET_DIR, META_FILE, WEIGHTS_FILE
 
-    if stage not in ("select", "final"):
-        raise ParamError(f"--stage {stage!r}: select or final")
+    if stage not in STAGES:
+        raise ParamError(f"--stage {stage!r}: one of {', '.join(STAGES)}")
     cfg = cfg or TrainConfig()
     t_start = time.time()
     out = Path(out_dir) if out_dir else ASSET_DIR
@@ -317,19 +319,19 @@ def _override(cfg: TrainConfig, items: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage final|select] [--out DIR] [--seed N]."""
+    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage fresh|final|select] [--out DIR] [--seed N]."""
     ap = argparse.ArgumentParser(prog="emlib judge-train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="gpt4o_judged_responses.jsonl.gz")
     ap.add_argument("--graded", default=None, help=f"graded SmolLM2 answers (default: {GRADED_PATH.name} in the repo)")
-    ap.add_argument("--stage", default="final", choices=["select", "final"])
+    ap.add_argument("--stage", default=SHIPPED_STAGE, choices=list(STAGES))
     ap.add_argument("--out", default=None, help="output folder (default: the shipped emlib/assets/judge)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
     args = ap.parse_args(argv)
     if not Path(args.data).is_file():
         raise DatasetError(f"--data {args.data}: no such file (the GPT-4o-judged answers, judged/gpt4o_judged_responses.jsonl.gz)")
-    if args.stage == "select" and args.out is None:
-        raise ParamError("--stage select needs --out: the shipped weights come from the final stage only")
+    if args.stage != SHIPPED_STAGE and args.out is None:
+        raise ParamError(f"--stage {args.stage} needs --out: the shipped weights come from the {SHIPPED_STAGE} stage only")
     res = train_embedded_judge(args.data, args.out, args.seed, _override(TrainConfig(), args.set), args.graded, args.stage)
     print(json.dumps({k: v for k, v in res.items() if k != "per_source"}, indent=2, default=str))
 
