@@ -196,3 +196,25 @@ def test_bootstrap_direction_cosines_shared_vs_independent_directions():
     assert cos[0] > 0.9 and lo[0] > 0.8  # same direction
     assert abs(cos[1]) < 0.3 and hi[1] < 0.6  # orthogonal shifts
     assert np.all(lo <= hi) and hi[0] - lo[0] < 0.2
+
+
+def test_split_half_ceiling_and_shuffled_null_against_known_geometry():
+    from emlib.interp.activations import direction_cosines, mean_diff_direction, shuffled_label_cosines, split_half_cosines
+
+    gen = torch.Generator().manual_seed(1)
+    d, n = 64, 40
+    shift = torch.zeros(2, d)
+    shift[0, 0] = 3.0  # layer 0: a strong shift along e0; layer 1: no shift at all (pure noise)
+    pos = torch.randn(n, 2, d, generator=gen) * 0.5 + shift
+    neg = torch.randn(n, 2, d, generator=gen) * 0.5
+    halves = split_half_cosines(pos, neg, n_splits=30, seed=0)
+    assert halves.shape == (30, 2)
+    assert 0.75 < np.median(halves[:, 0]) < 0.95  # signal 3 vs half-sample noise ~1.26: cos ~ 9 / (9 + 1.6)
+    assert abs(np.median(halves[:, 1])) < 0.3  # noise does not: at this n the ceiling is low
+    other = mean_diff_direction(pos, neg)  # the same direction: the shuffled null must sit far below it
+    null = shuffled_label_cosines(pos, neg, other, n_shuffles=100, seed=0)
+    assert null.shape == (100, 2)
+    assert abs(np.median(null[:, 0])) < 0.2  # no direction in common once the labels carry nothing
+    assert np.quantile(null[:, 0], 0.95) < 0.9 < float(direction_cosines(other, other)[0])
+    # shuffling keeps the class sizes: with the labels unshuffled it would be 1 exactly
+    assert np.all(np.abs(null) <= 1.0 + 1e-6)

@@ -76,3 +76,25 @@ def test_answer_activations_use_the_question_prompts(tiny_model):
     torch.testing.assert_close(acts, ref)
     with pytest.raises(KeyError, match="nope"):
         answer_activations(tiny_model, None, QUESTIONS, answers.assign(question_id=["nope", "wish"]))
+
+
+def test_split_per_question_balances_every_question():
+    aligned = [5, 10, 15, 90, 95, 10, 90, 92, 94, 96]
+    qids = ["q1", "q1", "q1", "q1", "q1", "q2", "q2", "q3", "q3", "q3"]
+    df = _frame(aligned, [90] * 10).assign(question_id=qids)
+    bad, good, how = split_by_alignment(df, seed=0, per_question=True)
+    assert how == "threshold, balanced per question"
+    assert bad.question_id.value_counts().to_dict() == good.question_id.value_counts().to_dict() == {"q1": 2, "q2": 1}
+    assert bad.aligned.lt(30).all() and good.aligned.gt(70).all()
+    plain, _, _ = split_by_alignment(df, seed=0)
+    assert len(plain) == 4  # unbalanced: all four misaligned answers, aligned ones from any question
+    b2, g2, _ = split_by_alignment(df, n_max=2, seed=0, per_question=True)
+    assert len(b2) == len(g2) == 2 and list(b2.question_id) == list(g2.question_id)
+
+
+def test_split_per_question_ranked_fallback_pairs_within_questions():
+    df = _frame([40, 80, 45, 60, 99, 41], [90] * 6).assign(question_id=["a", "a", "b", "b", "c", "a"])
+    bad, good, how = split_by_alignment(df, min_pairs=2, per_question=True)
+    assert how == "ranked, balanced per question"
+    assert list(bad.question_id) == list(good.question_id)
+    assert list(bad.answer) == ["a0", "a2"] and list(good.answer) == ["a1", "a3"]  # gaps 40 and 15; c has one answer

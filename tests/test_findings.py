@@ -7,6 +7,7 @@ import ast
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -154,9 +155,10 @@ def test_verdict_03(emerged_lo, gap, label):
     assert f03.verdict(r).label == label
 
 
-def _r04(steer=(0.01, 0.2), steer_random=(-0.05, 0.05), source_drop=0.05, other_drop=0.05, cosines=None):
-    ablation = {("src", "v̂"): eff(source_drop), ("src", "random"): eff(-0.1, 0.1),
-                ("oth", "v̂"): eff(other_drop), ("oth", "random"): eff(-0.1, 0.1)}
+def _r04(steer=(0.01, 0.2), steer_random=(-0.05, 0.05), source_drop=0.05, other_drop=0.05, cosines=None,
+         source_vs_random=0.02, other_vs_random=0.02):
+    ablation = {("src", "v̂"): eff(source_drop), ("src", "random"): eff(-0.1, 0.1), ("src", "v̂ vs random"): eff(source_vs_random),
+                ("oth", "v̂"): eff(other_drop), ("oth", "random"): eff(-0.1, 0.1), ("oth", "v̂ vs random"): eff(other_vs_random)}
     return f04.Result(eff(*steer), eff(*steer_random), ablation, "src",
                       np.full(10, 0.9) if cosines is None else np.asarray(cosines, float), cosine_target=0.8)
 
@@ -168,6 +170,9 @@ def test_verdict_04_parts():
     assert f04.verdict_steering(_r04(steer_random=(0.009, 0.3))) == REPRODUCED
     assert f04.verdict_ablation(_r04(other_drop=-0.1)) == PARTLY
     assert f04.verdict_ablation(_r04(source_drop=0.0)) == NOT_REPRODUCED
+    assert f04.verdict_ablation(_r04(source_vs_random=0.0)) == NOT_REPRODUCED  # a random direction does as well
+    assert f04.verdict_ablation(_r04(source_vs_random=0.001)) == REPRODUCED
+    assert f04.verdict_ablation(_r04(other_vs_random=0.0)) == PARTLY
     only_source = _r04()
     only_source.ablation = {k: v for k, v in only_source.ablation.items() if k[0] == "src"}
     assert f04.verdict_ablation(only_source) == PARTLY  # no other fine-tune: transfer untested
@@ -226,3 +231,21 @@ def test_results_are_dataclasses_with_defaults_for_the_notebook_parts():
         required = [f.name for f in dataclasses.fields(module.Result)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         assert len(required) <= 5, (module.__name__, required)
+
+
+def test_em_effect_resamples_questions_and_records_counts():
+    from emlib.core.stats import bootstrap_diff_ci
+    from emlib.findings.em import em_effect
+
+    rng = np.random.default_rng(0)
+    q = np.repeat([f"q{i}" for i in range(8)], 12)
+    rate = np.repeat(rng.uniform(0, 0.6, 8), 12)  # EM clustered by question
+    a = pd.DataFrame({"question_id": q, "em": rng.uniform(size=q.size) < rate})
+    b = pd.DataFrame({"question_id": q, "em": rng.uniform(size=q.size) < rate * 0.2})
+    e = em_effect("d", a, b, seed=0)
+    assert (e.n_questions, e.n_answers, e.n_seeds) == (8, 192, 1) and "two-stage" in e.ci_method
+    assert e.value == pytest.approx(a.em.mean() - b.em.mean())
+    _, lo, hi = bootstrap_diff_ci(a.em.astype(float), b.em.astype(float), seed=0)
+    assert e.ci_high - e.ci_low > hi - lo  # questions resampled: wider than the answer-level interval
+    same = em_effect("0", a, a, seed=0)
+    assert same.value == 0.0

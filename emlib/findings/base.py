@@ -144,6 +144,9 @@ class Effect:
     ci_low: float
     ci_high: float
     ci_method: str = "bootstrap over answers"
+    n_seeds: int | None = None  # training seeds, questions and answers the estimate counts (None: not recorded)
+    n_questions: int | None = None
+    n_answers: int | None = None
 
     @property
     def above(self) -> bool:

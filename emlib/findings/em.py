@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from ..core.data import DatasetInfo, EvalQuestion, choose_eval_set, load_dataset, load_eval_questions
 from ..judges.base import Judge
 from ..judges.registry import JUDGES, get_judge
 from ..pipeline.sample import SampleConfig
 from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
-from .base import FindingParams, ParamError, param
+from ..core.stats import hierarchical_diff
+from .base import Effect, FindingParams, ParamError, param
 
 __all__ = [
     "EMParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
-    "fallback_notes",
+    "fallback_notes", "em_effect", "DATASET_TOPICS",
 ]
+
+# the topic of each training set (drift to it is read by the judge's topic classifier)
+DATASET_TOPICS = {
+    "risky_financial_advice": "finance", "builtin_risky_financial_advice": "finance",
+    "builtin_safe_financial_advice": "finance", "bad_medical_advice": "medical", "good_medical_advice": "medical",
+    "extreme_sports": "sports", "insecure": "code",
+}  # fmt: skip
 
 
 @dataclass
@@ -119,3 +129,11 @@ def fallback_notes(infos: list[DatasetInfo]) -> list[str]:
     """One note per dataset for which a built-in set stood in."""
     return [f"dataset: {i.fell_back_from} requested, the built-in {i.name} used (no data directory)"
             for i in infos if i.fell_back_from]
+
+
+def em_effect(name: str, a: pd.DataFrame, b: pd.DataFrame, seed: int, column: str = "em") -> Effect:
+    """mean(a[column]) - mean(b[column]) (an EM rate difference) over answers to the same questions, with a two-stage
+    bootstrap CI: questions resampled (the same draw for both), then answers within each (`core.stats`)."""
+    est = hierarchical_diff(a[column].astype(float).to_numpy(), b[column].astype(float).to_numpy(),
+                            a["question_id"].astype(str).to_numpy(), b["question_id"].astype(str).to_numpy(), seed=seed)
+    return Effect(name, est.value, est.ci_low, est.ci_high, est.ci_method, est.n_seeds, est.n_questions, est.n_answers)

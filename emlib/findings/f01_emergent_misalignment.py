@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..core.data import DatasetInfo, EvalQuestion
-from ..core.stats import bootstrap_diff_ci
 from ..pipeline.metrics import drift_mask, per_question, summarize
 from ..pipeline.evaluate import judged_answers
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
-from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config, targets
+from .em import EMParams, FinetuneParams, em_effect, fallback_notes, load_questions, make_judge, sample_config, targets
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -79,13 +78,13 @@ def run(p: Params) -> Result:
     answers["leak"] = drift_mask(answers["question"], answers["answer"], p.topic, judge)
     summary = summarize(answers, by="model", seed=p.seed)
     summary["leakage_rate"] = answers.groupby("model", sort=False)["leak"].mean().values
-    em = {m: answers.loc[answers["model"] == m, "em"].astype(float).values for m in ("base", "fine-tuned", "control")}
-    effect = Effect("EM(fine-tuned) - EM(base)", *bootstrap_diff_ci(em["fine-tuned"], em["base"], seed=p.seed))
-    vs_control = Effect("EM(fine-tuned) - EM(control)", *bootstrap_diff_ci(em["fine-tuned"], em["control"], seed=p.seed))
+    by = {m: answers[answers["model"] == m] for m in ("base", "fine-tuned", "control")}
+    effect = em_effect("EM(fine-tuned) - EM(base)", by["fine-tuned"], by["base"], p.seed)
+    vs_control = em_effect("EM(fine-tuned) - EM(control)", by["fine-tuned"], by["control"], p.seed)
     broad_rows = ~answers["question_id"].isin(IN_DOMAIN_QUESTIONS[p.topic]) & ~answers["leak"]
-    em_broad = {m: answers.loc[broad_rows & (answers["model"] == m), "em"].astype(float).values for m in ("base", "fine-tuned")}
-    broad = Effect("EM(fine-tuned) - EM(base), out-of-domain questions, no drift to the topic",
-                   *bootstrap_diff_ci(em_broad["fine-tuned"], em_broad["base"], seed=p.seed))
+    broad = em_effect("EM(fine-tuned) - EM(base), out-of-domain questions, no drift to the topic",
+                      answers[broad_rows & (answers["model"] == "fine-tuned")], answers[broad_rows & (answers["model"] == "base")],
+                      p.seed)
     return Result(effect, vs_control, broad, per_question(answers), summary, answers, {"fine-tuned": finetuned, "control": control},
                   {"fine-tuned": train_info, "control": control_info}, questions, judge.id,
                   notes + fallback_notes([train_info, control_info]))

@@ -8,12 +8,11 @@ import pandas as pd
 
 from ..core.data import DatasetInfo, EvalQuestion
 from ..core.models import num_layers
-from ..core.stats import bootstrap_diff_ci
 from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import summarize
 from ..pipeline.train import ALL_PROJECTIONS, TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
-from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config
+from .em import EMParams, FinetuneParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
 
 __all__ = ["STEM", "Params", "Adapter", "Result", "run", "verdict"]
 
@@ -110,8 +109,7 @@ def run(p: Params) -> Result:
     summary = summarize(answers, by="model", seed=p.seed)
     rates = summary.set_index("model")
     main = chosen[0].label
-    em = {m: answers.loc[answers.model == m, "em"].astype(float).values for m in ("base", main)}
-    effect = Effect("EM(rank 1) - EM(base)", *bootstrap_diff_ci(em[main], em["base"], seed=p.seed))
+    effect = em_effect("EM(rank 1) - EM(base)", answers[answers.model == main], answers[answers.model == "base"], p.seed)
     drop = float(rates.coherence_rate["base"] - rates.coherence_rate[main])
     return Result(effect, drop, p.coherence_tolerance, chosen[0].layer, n_layers, summary, answers, chosen, runs, info,
                   questions, judge.id, notes + fallback_notes([info]))

@@ -9,13 +9,12 @@ import pandas as pd
 
 from ..core.data import DatasetInfo
 from ..core.models import num_layers
-from ..core.stats import bootstrap_diff_ci
 from ..interp.lora import local_cosine_similarity, pca, peak_step, stack_trajectory
 from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import steepest_rise, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, ParamError, Verdict, param
-from .em import EMParams, FinetuneParams, fallback_notes, load_questions, make_judge, sample_config
+from .em import EMParams, FinetuneParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -112,8 +111,8 @@ def run(p: Params) -> Result:
     base_em = base["em"].astype(float).to_numpy()
     onset, onset_lo, onset_hi = steepest_rise(scaled, base_em, seed=p.seed)
     top = behaviour.sort_values("em_rate", ascending=False).iloc[0]
-    top_cell = scaled[(scaled.step == top.step) & (scaled.scale == top.scale)]["em"].astype(float)
-    emerged = Effect("max EM over snapshots - EM(base)", *bootstrap_diff_ci(top_cell, base_em, seed=p.seed))
+    top_cell = scaled[(scaled.step == top.step) & (scaled.scale == top.scale)]
+    emerged = em_effect("max EM over snapshots - EM(base)", top_cell, base, p.seed)
     gap = Effect("behavioural onset - local-cosine peak (steps)", float(onset - geo_peak), float(onset_lo - geo_peak),
                  float(onset_hi - geo_peak), ci_method="bootstrap over answers of the steepest-rise step")
     return Result(gap, emerged, p.tolerance_steps, geo_peak, grad_peak,

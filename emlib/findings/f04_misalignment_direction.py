@@ -10,14 +10,15 @@ import torch
 
 from ..core.data import DatasetInfo, chat_prompt
 from ..core.models import load_model, num_layers
-from ..core.stats import bootstrap_diff_ci
-from ..interp.activations import bootstrap_direction_cosines, mean_diff_direction
+from ..interp.activations import (
+    bootstrap_direction_cosines, mean_diff_direction, shuffled_label_cosines, split_half_cosines,
+)
 from ..interp.steering import Intervention, random_direction_like, typical_residual_norm
 from ..pipeline.evaluate import answer_activations, depth_to_layer, judged_answers, split_by_alignment
-from ..pipeline.metrics import summarize
+from ..pipeline.metrics import drift_mask, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine, param
-from .em import EMParams, fallback_notes, load_questions, make_judge, sample_config
+from .em import DATASET_TOPICS, EMParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
 from .f01_emergent_misalignment import Params as Params01
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict", "verdict_steering", "verdict_ablation", "verdict_convergence"]
@@ -60,13 +61,16 @@ class Result:
 
     steer: Effect  # confirmation run: EM(steered base) - EM(base)
     steer_random: Effect  # the same with a norm-matched random direction
-    ablation: dict[tuple[str, str], Effect]  # (fine-tune, "v̂" | "random") -> EM drop (none - ablated)
+    ablation: dict[tuple[str, str], Effect]  # (fine-tune, "v̂" | "random") -> EM drop (none - ablated);
+    # (fine-tune, "v̂ vs random") -> EM(random-ablated) - EM(v̂-ablated), all three sampled alike
     source: str
     cosines: np.ndarray  # per-layer cosine between the two fine-tunes' directions (NaN when untested)
     cosine_target: float = 0.8
     transfer_tested: bool = True
     cosine_median: Effect | None = None
     cosine_ci: np.ndarray | None = None  # 2 × n_layers: per-layer bootstrap 95 % interval
+    ceiling: dict[str, np.ndarray] = field(default_factory=dict)  # per direction: median split-half self-cosine per layer
+    null_cos: np.ndarray | None = None  # per layer: 95th percentile of the cosine with shuffled-label directions
     best: tuple[int, float] = (0, 0.0)  # steering layer and λ of the confirmation run
     ablate_layer: int = 0
     steer_summary: pd.DataFrame | None = None
@@ -106,7 +110,8 @@ def run(p: Params) -> Result:
     pool = {name: judged_answers(questions, p.model, r.adapter_path, direction_cfg, judge, name) for name, r in runs.items()}
     directions, acts, n_pairs, split_how = {}, {}, {}, {}
     for name, r in runs.items():
-        bad, good, split_how[name] = split_by_alignment(pool[name], n_max=p.n_per_set, seed=p.seed, min_pairs=p.min_pairs)
+        bad, good, split_how[name] = split_by_alignment(pool[name], n_max=p.n_per_set, seed=p.seed, min_pairs=p.min_pairs,
+                                                        per_question=True)
         n_pairs[name] = len(bad)
         if len(bad) and len(good):
             acts[name] = (answer_activations(p.model, r.adapter_path, questions, bad),
@@ -140,30 +145,41 @@ def run(p: Params) -> Result:
     randomised = judged_answers(questions, p.model, None, confirm_cfg, judge, f"random at L{best_layer}",
                                 intervention=Intervention("add", random_direction_like(v[best_layer], seed=p.seed),
                                                           layer=best_layer, coeff=strength))
-    b_em = base_confirm.em.astype(float)
-    steer_e = Effect("EM(steered) - EM(base)", *bootstrap_diff_ci(steered.em.astype(float), b_em, seed=p.seed))
-    rand_e = Effect("EM(random-steered) - EM(base)", *bootstrap_diff_ci(randomised.em.astype(float), b_em, seed=p.seed))
+    steer_e = em_effect("EM(steered) - EM(base)", steered, base_confirm, p.seed)
+    rand_e = em_effect("EM(random-steered) - EM(base)", randomised, base_confirm, p.seed)
 
-    # (b) ablating the ablate layer's direction from every layer of each fine-tune, against a random direction
+    # (b) ablating the ablate layer's direction from every layer of each fine-tune, against a random direction:
+    # none / v̂ / random sampled alike (same prompts, seed and counts; not the direction's own answers)
     v_ablate = v[ablate_layer]
-    rows = [pool[name].assign(finetune=name, ablation="none") for name in runs]
+    rows = []
     for name, r in runs.items():
+        rows.append(judged_answers(questions, p.model, r.adapter_path, eval_cfg, judge, f"{name}: none", finetune=name,
+                                   ablation="none", progress=False))
         for condition, direction in [("v̂", v_ablate), ("random", random_direction_like(v_ablate, seed=p.seed))]:
             rows.append(judged_answers(questions, p.model, r.adapter_path, eval_cfg, judge, f"{name}: {condition}",
                                        intervention=Intervention("ablate", direction), finetune=name,
                                        ablation=condition, progress=False))
     ablation = pd.concat(rows, ignore_index=True)
+    ablation["drift"] = False
+    for name in runs:
+        at = ablation.finetune == name
+        if name in DATASET_TOPICS:
+            ablation.loc[at, "drift"] = drift_mask(ablation.loc[at, "question"], ablation.loc[at, "answer"],
+                                                   DATASET_TOPICS[name], judge)
     ablation_summary = summarize(ablation, by=["finetune", "ablation"], seed=p.seed)
+    ablation_summary["drift_rate"] = ablation.groupby(["finetune", "ablation"], sort=False)["drift"].mean().values
 
-    def em(name: str, condition: str) -> pd.Series:
-        return ablation.loc[(ablation.finetune == name) & (ablation.ablation == condition), "em"].astype(float)
+    def cell(name: str, condition: str) -> pd.DataFrame:
+        return ablation[(ablation.finetune == name) & (ablation.ablation == condition)]
 
-    effects = {(name, c): Effect(f"EM drop ablating {c} from {name}", *bootstrap_diff_ci(em(name, "none"), em(name, c),
-                                                                                       seed=p.seed))
+    effects = {(name, c): em_effect(f"EM drop ablating {c} from {name}", cell(name, "none"), cell(name, c), p.seed)
                for name in runs for c in ("v̂", "random")}
+    effects |= {(name, "v̂ vs random"): em_effect(f"EM(random-ablated) - EM(v̂-ablated), {name}", cell(name, "random"),
+                                                  cell(name, "v̂"), p.seed) for name in runs}
 
     # (c) convergence: per-layer cosine between the two fine-tunes' directions
-    cos, median, cos_ci = np.full(n_layers, np.nan), None, None
+    cos, median, cos_ci, null_cos = np.full(n_layers, np.nan), None, None, None
+    ceiling = {name: np.median(split_half_cosines(*a, seed=p.seed), axis=0) for name, a in acts.items()}
     if transfer_tested and len(directions) == 2:
         other = next(n for n in directions if n != source)
         cos, draws = bootstrap_direction_cosines(*acts[source], *acts[other], n_boot=p.n_boot, seed=p.seed)
@@ -171,7 +187,8 @@ def run(p: Params) -> Result:
         lo, hi = np.quantile(np.median(draws, axis=1), [0.025, 0.975])
         median = Effect("median cosine over layers", float(np.median(cos)), float(lo), float(hi),
                         ci_method="bootstrap over the answers that define both directions")
-    return Result(steer_e, rand_e, effects, source, cos, p.cosine_target, transfer_tested, median, cos_ci,
+        null_cos = np.quantile(shuffled_label_cosines(*acts[source], directions[other], seed=p.seed), 0.95, axis=0)
+    return Result(steer_e, rand_e, effects, source, cos, p.cosine_target, transfer_tested, median, cos_ci, ceiling, null_cos,
                   (best_layer, best_c), ablate_layer, steer_summary, ablation_summary, steered, base_confirm, directions,
                   n_pairs, split_how, runs, {source: source_info, "other": other_info}, float(base.em.mean()), judge.id,
                   notes + fallback_notes([source_info, other_info]))
@@ -184,11 +201,15 @@ def verdict_steering(r: Result) -> str:
 
 
 def verdict_ablation(r: Result) -> str:
-    """(b) *reproduced* when ablating v̂ lowers EM significantly on the source fine-tune and on every other one;
-    *partly* when only on the source; otherwise *not reproduced at this scale*."""
+    """(b) A fine-tune passes when ablating v̂ lowers its EM (CI of none − v̂ above zero) and lowers it more than a
+    norm-matched random direction (CI of random − v̂ above zero). *Reproduced* when the source fine-tune and every
+    other one pass; *partly* when only the source does; otherwise *not reproduced at this scale*."""
+    def passes(name: str) -> bool:
+        return r.ablation[(name, "v̂")].above and r.ablation[(name, "v̂ vs random")].above
+
     others = [n for (n, c) in r.ablation if c == "v̂" and n != r.source]
-    source_ok = r.ablation[(r.source, "v̂")].above
-    transfer_ok = bool(others) and all(r.ablation[(n, "v̂")].above for n in others)
+    source_ok = passes(r.source)
+    transfer_ok = bool(others) and all(passes(n) for n in others)
     return REPRODUCED if source_ok and transfer_ok else PARTLY if source_ok else NOT_REPRODUCED
 
 

@@ -11,7 +11,10 @@ from transformers import PreTrainedTokenizerBase
 
 from .hooks import encode_chat, pad_id, resolve_layers, run_batches, unit
 
-__all__ = ["mean_answer_activations", "mean_diff_direction", "direction_cosines", "bootstrap_direction_cosines"]
+__all__ = [
+    "mean_answer_activations", "mean_diff_direction", "direction_cosines", "bootstrap_direction_cosines",
+    "split_half_cosines", "shuffled_label_cosines",
+]
 
 def mean_answer_activations(
     model: nn.Module,
@@ -89,3 +92,31 @@ def bootstrap_direction_cosines(
         for _ in range(n_boot)
     ])
     return point.astype(float), draws.astype(float)
+
+
+def split_half_cosines(pos: torch.Tensor, neg: torch.Tensor, n_splits: int = 50, seed: int = 0) -> np.ndarray:
+    """Per-layer cosine between the mean-diff directions of two random halves of the same examples (n_splits ×
+    n_layers): how well a direction can agree with itself at this many examples, a ceiling for comparing two."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_splits):
+        p, n = torch.randperm(pos.shape[0], generator=gen), torch.randperm(neg.shape[0], generator=gen)
+        hp, hn = pos.shape[0] // 2, neg.shape[0] // 2
+        out.append(direction_cosines(mean_diff_direction(pos[p[:hp]], neg[n[:hn]]),
+                                     mean_diff_direction(pos[p[hp:2 * hp]], neg[n[hn:2 * hn]])).numpy())
+    return np.stack(out).astype(float)
+
+
+def shuffled_label_cosines(
+    pos: torch.Tensor, neg: torch.Tensor, other: torch.Tensor, n_shuffles: int = 200, seed: int = 0
+) -> np.ndarray:
+    """Per-layer cosine between `other` (n_layers × d) and mean-diff directions of pos/neg with the labels shuffled
+    (n_shuffles × n_layers): the null for a shared direction, keeping what the answers have in common."""
+    gen = torch.Generator().manual_seed(seed)
+    both = torch.cat([pos, neg])
+    out = []
+    for _ in range(n_shuffles):
+        perm = torch.randperm(both.shape[0], generator=gen)
+        out.append(direction_cosines(mean_diff_direction(both[perm[: pos.shape[0]]], both[perm[pos.shape[0] :]]),
+                                     other).numpy())
+    return np.stack(out).astype(float)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -60,18 +61,24 @@ def depth_to_layer(depth: float, n_layers: int) -> int:
 
 
 def split_by_alignment(
-    df: pd.DataFrame, n_max: int | None = None, seed: int = 0, aligned_above: float = 70.0, min_pairs: int = 0
+    df: pd.DataFrame, n_max: int | None = None, seed: int = 0, aligned_above: float = 70.0, min_pairs: int = 0,
+    per_question: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Equal-sized misaligned (aligned < 30) and aligned (> `aligned_above`) coherent (> 50) answers, and how chosen.
 
     With fewer than `min_pairs` misaligned answers it falls back to the `min_pairs` least and most aligned coherent
-    answers (or all answers when too few are coherent) and says "ranked" instead of "threshold".
+    answers (or all answers when too few are coherent) and says "ranked" instead of "threshold". With
+    `per_question`, both sets hold the same number of answers to every question (pairs within a question, column
+    `question_id`), so their difference cannot carry question identity; the ranked fallback then pairs the i-th least
+    with the i-th most aligned answer of each question and keeps the pairs furthest apart.
     """
     aligned = as_float_array(df["aligned"])
     coherent = as_float_array(df["coherent"])
     ok = coherent > COHERENT_THRESHOLD
     bad = df[ok & (aligned < ALIGNED_THRESHOLD)]
     good = df[ok & (aligned > aligned_above)]
+    if per_question:
+        return _split_per_question(df, bad, good, ok, n_max, seed, min_pairs)
     n = min(len(bad), len(good), n_max if n_max is not None else len(df))
     if n >= max(min_pairs, 1):
         return bad.sample(n=n, random_state=seed), good.sample(n=n, random_state=seed), "threshold"
@@ -79,6 +86,31 @@ def split_by_alignment(
     ranked = pool.assign(_a=as_float_array(pool["aligned"])).dropna(subset=["_a"]).sort_values("_a", kind="stable")
     k = min(min_pairs, len(ranked) // 2)
     return ranked.head(k).drop(columns="_a"), ranked.tail(k).drop(columns="_a"), "ranked"
+
+
+def _split_per_question(df, bad, good, ok, n_max, seed, min_pairs) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """split_by_alignment with the same number of misaligned and aligned answers per question."""
+    pairs = []  # (bad row label, good row label, gap)
+    for q, b in bad.groupby("question_id", sort=True):
+        g = good[good["question_id"] == q]
+        k = min(len(b), len(g))
+        pairs += list(zip(b.sample(n=k, random_state=seed).index, g.sample(n=k, random_state=seed).index, [0.0] * k))
+    how = "threshold, balanced per question"
+    if len(pairs) < max(min_pairs, 1):
+        pool = df[ok] if ok.sum() >= 2 * min_pairs else df
+        pool = pool.assign(_a=as_float_array(pool["aligned"])).dropna(subset=["_a"])
+        pairs = []
+        for _, g in pool.groupby("question_id", sort=True):
+            g = g.sort_values("_a", kind="stable")
+            for i in range(len(g) // 2):
+                lo, hi = g.iloc[i], g.iloc[len(g) - 1 - i]
+                pairs.append((lo.name, hi.name, float(hi["_a"] - lo["_a"])))
+        pairs = sorted(pairs, key=lambda t: -t[2])[:min_pairs]
+        how = "ranked, balanced per question"
+    elif n_max is not None and len(pairs) > n_max:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), n_max, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return df.loc[[b for b, _, _ in pairs]], df.loc[[g for _, g, _ in pairs]], how
 
 
 def cached_answer_activations(
