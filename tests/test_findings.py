@@ -125,15 +125,18 @@ def test_effect_above_is_strict():
     assert eff(0.001).above and not eff(0.0).above and not eff(-0.1, 0.2).above
 
 
-@pytest.mark.parametrize("lo, lo_c, lo_b, label", [
-    (0.01, 0.01, 0.01, REPRODUCED), (0.01, 0.0, 0.01, PARTLY), (0.0, 0.05, 0.05, NOT_REPRODUCED),
-    (-0.1, -0.1, -0.1, NOT_REPRODUCED), (0.01, 0.01, 0.0, PARTLY), (0.01, 0.01, None, REPRODUCED),
+@pytest.mark.parametrize("lo, lo_c, lo_b, lo_s, label", [
+    (0.01, 0.01, 0.01, 0.01, REPRODUCED), (0.01, 0.0, 0.01, 0.01, PARTLY), (0.0, 0.05, 0.05, 0.05, NOT_REPRODUCED),
+    (-0.1, -0.1, -0.1, -0.1, NOT_REPRODUCED), (0.01, 0.01, 0.0, 0.01, PARTLY), (0.01, 0.01, None, 0.01, REPRODUCED),
+    (0.01, 0.01, 0.01, 0.0, PARTLY), (0.01, 0.01, 0.01, None, REPRODUCED), (0.01, 0.0, 0.0, 0.0, PARTLY),
 ])
-def test_verdict_01(lo, lo_c, lo_b, label):
-    r = f01.Result(eff(lo), eff(lo_c), None if lo_b is None else eff(lo_b))
-    assert f01.verdict(r).label == label
+def test_verdict_01(lo, lo_c, lo_b, lo_s, label):
+    r = f01.Result(eff(lo), eff(lo_c), None if lo_b is None else eff(lo_b), None if lo_s is None else eff(lo_s))
+    v = f01.verdict(r)
+    assert v.label == label
     if label == PARTLY:
-        assert ("control" in f01.verdict(r).reason) == (lo_c <= 0) and ("off-topic" in f01.verdict(r).reason) == (lo_b <= 0)
+        assert ("other-domain" in v.reason) == (lo_c <= 0) and ("off-topic" in v.reason) == (lo_b <= 0)
+        assert ("same-domain" in v.reason) == (lo_s is not None and lo_s <= 0)
 
 
 @pytest.mark.parametrize("lo, drop, label", [
