@@ -164,8 +164,10 @@ print(f"EM gap per held-out condition: mean {agree['em_gap_mean']:.2f}, max {agr
 
 # %% [markdown]
 # ### Per condition: EM and coherence by reading and by the judge
-# `split` says whether the judge was trained on the condition (`train`), chose its settings on it (`select`) or never
-# saw it (`final`, the held-out part the targets are measured on). The gap's CI resamples answers, paired.
+# `split` says how each condition was used. Round 1: the judge was trained on `train`, its settings chosen on
+# `select`, measured once on `final`. Round 2 (the shipped judge): the same settings, trained on all three, measured
+# once on `fresh`, a set generated and graded after round 1 (`held_out` marks the conditions the targets are measured
+# on). The gap's CI resamples answers, paired.
 
 # %%
 tab135 = at["table"].sort_values(["split", "condition"])
@@ -188,7 +190,7 @@ fig.savefig(FIG_DIR / "em_rate_per_condition_135m.png", dpi=120)
 # ### Coherence confusion at 50 and the scatter (held-out conditions)
 
 # %%
-held = at["answers"][at["answers"]["split"] == "final"]
+held = at["answers"][at["answers"]["held_out"]]
 print(pd.crosstab(held["coherent"] > COHERENT_THRESHOLD, held["coherent_emb"] > COHERENT_THRESHOLD,
                   rownames=["reading: coherent > 50"], colnames=["judge: coherent > 50"]))
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))

@@ -1,5 +1,11 @@
 # ---
 # jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -110,7 +116,7 @@ for _, row in worst.iterrows():
 # %% [markdown]
 # ## Verdict
 # The rule, fixed before the run (`emlib.findings.f02_rank1_model_organism.verdict`): effect = EM(rank 1) − EM(base)
-# for the rank-1 adapter at DEPTH, with a bootstrap 95 % CI over answers. *Reproduced* when the CI lies above zero
+# for the rank-1 adapter at DEPTH, with a two-stage bootstrap 95 % CI (questions, then answers). *Reproduced* when the CI lies above zero
 # **and** the rank-1 model's coherence rate is within `COHERENCE_TOLERANCE` of the base model's; *partly reproduced*
 # when EM rises but coherence drops further. The layer sweep is exploratory and does not enter the verdict.
 
