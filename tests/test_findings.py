@@ -146,16 +146,54 @@ def test_verdict_02(lo, drop, label):
     assert f02.verdict(f02.Result(eff(lo), coherence_drop=drop, coherence_tolerance=0.10)).label == label
 
 
-@pytest.mark.parametrize("emerged_lo, gap, label", [
-    (0.01, (2.0, -8.0, 8.0), REPRODUCED),  # the whole CI at the tolerance
-    (0.01, (2.0, -8.0, 9.0), PARTLY),  # the CI just past it, the point inside
-    (0.01, (8.0, 0.0, 20.0), PARTLY),  # the point exactly at the tolerance
-    (0.01, (9.0, 4.0, 20.0), NOT_REPRODUCED),  # the point past it
-    (0.0, (0.0, 0.0, 0.0), NOT_REPRODUCED),  # EM never clearly emerged
+@pytest.mark.parametrize("gap, p, label", [
+    (8.0, 0.049, REPRODUCED),  # at the tolerance, beyond chance
+    (-8.0, 0.01, REPRODUCED),
+    (8.0, 0.05, PARTLY),  # p exactly at alpha: not beyond chance
+    (0.0, 0.3, PARTLY),
+    (9.0, 0.01, NOT_REPRODUCED),  # past the tolerance
+    (None, float("nan"), NOT_REPRODUCED),  # no checkpoint clears the base
 ])
-def test_verdict_03(emerged_lo, gap, label):
-    r = f03.Result(gap=Effect("gap", *gap), emerged=eff(emerged_lo), tolerance_steps=8)
+def test_verdict_03(gap, p, label):
+    g = None if gap is None else Effect("gap", gap, gap, gap)
+    r = f03.Result(gap=g, emerged=eff(0.01), tolerance_steps=8, gap_p=p, alpha_null=0.05)
     assert f03.verdict(r).label == label
+
+
+def test_onset_rule_and_its_permutation_null():
+    from emlib.pipeline.metrics import first_onset, onset_permutation_p
+
+    q = np.repeat([f"q{i}" for i in range(8)], 6)
+    base = pd.DataFrame({"question_id": q, "em": 0.0})
+    rows = []
+    for step in (4, 8, 12, 16):
+        for scale in (1.0, 5.0):
+            em = np.zeros(q.size)
+            if step >= 12 and scale == 5.0:
+                em[::2] = 1.0  # half of every question's answers: clearly above the base from step 12, at x5 only
+            rows.append(pd.DataFrame({"question_id": q, "em": em, "step": step, "scale": scale}))
+    onset, flags = first_onset(pd.concat(rows), base)
+    assert onset == 12 and flags == {4: False, 8: False, 12: True, 16: True}
+    one_question = pd.concat(rows).assign(em=lambda d: ((d.question_id == "q0") & (d.step >= 8)).astype(float))
+    assert first_onset(one_question, base)[0] is None  # EM on one question of eight does not clear the base
+    # the null: the two flags shuffled over the 4 checkpoints; the first lands on the peak (12) only when they sit at
+    # 12 and 16: 1 of C(4, 2) = 6 placements
+    assert onset_permutation_p(flags, peak=12, n_perm=4000) == pytest.approx(1 / 6, abs=0.02)
+    assert onset_permutation_p({4: True, 8: False, 12: False, 16: False}, peak=4, n_perm=4000) == pytest.approx(0.25, abs=0.03)
+    assert np.isnan(onset_permutation_p({4: False, 8: False}, peak=4))
+
+
+def test_random_walk_null_keeps_step_norms():
+    from emlib.interp.lora import random_walk_like, trajectory_shape
+
+    rng = np.random.default_rng(0)
+    traj = np.cumsum(rng.standard_normal((20, 50)), axis=0)
+    walk = random_walk_like(traj, seed=1)
+    assert walk.shape == traj.shape and np.allclose(walk[0], traj[0])
+    assert np.allclose(np.linalg.norm(np.diff(walk, axis=0), axis=1), np.linalg.norm(np.diff(traj, axis=0), axis=1))
+    straight = np.outer(np.arange(20.0), np.ones(50))
+    shape = trajectory_shape(straight, np.arange(20), k=2)
+    assert shape["pc12"] == pytest.approx(1.0) and shape["peak_local_cos"] == pytest.approx(-1.0)
 
 
 def _r04(steer=(0.01, 0.2), steer_random=(-0.05, 0.05), source_drop=0.05, other_drop=0.05, cosines=None,

@@ -22,6 +22,8 @@ __all__ = [
     "local_cosine_similarity",
     "pca",
     "peak_step",
+    "random_walk_like",
+    "trajectory_shape",
     "scale_adapter",
 ]
 
@@ -179,3 +181,23 @@ def scale_adapter(model: nn.Module, scale: float) -> Iterator[None]:
         for m, original in zip(layers, saved):
             m.scaling.clear()
             m.scaling.update(original)
+
+
+def random_walk_like(traj: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A random walk from traj[0] whose steps have the norms of the trajectory's steps and random directions: the
+    null for the shape of a trajectory (a random walk already puts most variance in its first components)."""
+    traj = np.asarray(traj, dtype=np.float64)
+    steps = np.diff(traj, axis=0)
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal(steps.shape)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    walk = dirs * np.linalg.norm(steps, axis=1, keepdims=True)
+    return np.vstack([traj[:1], traj[:1] + np.cumsum(walk, axis=0)])
+
+
+def trajectory_shape(traj: np.ndarray, steps: Sequence[int] | np.ndarray, k: int) -> dict[str, float]:
+    """PC1+PC2 share of variance, the largest local cosine (k) and its step: what notebook 03 reads as a turn."""
+    local = local_cosine_similarity(traj, k)
+    _, ratio = pca(traj, 2)
+    return {"pc12": float(ratio.sum()), "peak_local_cos": float(np.nanmax(local)),
+            "peak_step": peak_step(steps, local)}

@@ -1,4 +1,4 @@
-"""Summaries of judged answers: per-group EM and coherence with CIs, per-question tables, onset, topic drift."""
+"""Summaries of judged answers: per-group EM and coherence with CIs, per-question tables, onset and its null, topic drift."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 
 from ..core.em import coherence_rate, em_mask, em_rate_among_coherent
-from ..core.stats import as_float_array, bootstrap_ci
+from ..core.stats import as_float_array, bootstrap_ci, hierarchical_diff
 
 __all__ = [
     "summarize",
     "per_question",
-    "steepest_rise",
+    "first_onset",
+    "onset_permutation_p",
     "drift_mask",
 ]
 
@@ -46,56 +47,45 @@ def per_question(df: pd.DataFrame, model_col: str = "model", question_col: str =
     return long.pivot(index=question_col, columns=model_col, values="em_rate")
 
 
-def steepest_rise(
+def first_onset(
     df: pd.DataFrame,
-    base_em: Sequence[float] | np.ndarray,
+    base: pd.DataFrame,
     step_col: str = "step",
     group_col: str = "scale",
-    n_boot: int = 1000,
+    n_boot: int = 2000,
     seed: int = 0,
-) -> tuple[int, float, float]:
-    """The checkpoint where EM rose most over the previous one (any group; the base model precedes the first),
-    with a percentile bootstrap 95% CI of that step over answers.
+) -> tuple[int | None, dict[int, bool]]:
+    """The behavioural onset by a rule fixed in advance: the first checkpoint (in step order) at which some group's
+    EM rate is above the base model's, i.e. the two-stage bootstrap 95 % CI (questions, then answers) of
+    EM(checkpoint, group) − EM(base) lies above zero. Returns (onset step or None, {step: clears the base}).
 
-    `df` holds one row per judged answer with an `em` column (0/1) and the step and group columns.
+    `df` and `base` hold one row per judged answer with `em` (0/1) and `question_id`; `df` also the step and group.
     """
-    steps = sorted(df[step_col].unique())
-    if not steps:
-        raise ValueError("no checkpoints")
-    base = np.asarray(base_em, dtype=float)
-    cells = {
-        (g, s): grp["em"].astype(float).to_numpy() for (g, s), grp in df.groupby([group_col, step_col], sort=True)
-    }
-    groups = sorted({g for g, _ in cells})
+    flags: dict[int, bool] = {}
+    for step in sorted(df[step_col].unique()):
+        at = df[df[step_col] == step]
+        flags[int(step)] = any(
+            hierarchical_diff(g["em"].astype(float).to_numpy(), base["em"].astype(float).to_numpy(),
+                              g["question_id"].astype(str).to_numpy(), base["question_id"].astype(str).to_numpy(),
+                              n_boot=n_boot, seed=seed).ci_low > 0
+            for _, g in at.groupby(group_col, sort=True)
+        )
+    return next((s for s, ok in flags.items() if ok), None), flags
 
-    def jump(rate: Callable[[np.ndarray], float]) -> int:
-        best_step, best_rise = steps[0], -np.inf
-        for g in groups:
-            prev = rate(base)
-            for s in steps:
-                if (g, s) not in cells:
-                    continue
-                cur = rate(cells[(g, s)])
-                if cur - prev > best_rise:
-                    best_step, best_rise = s, cur - prev
-                prev = cur
-        return int(best_step)
 
-    point = jump(lambda x: float(x.mean()))
+def onset_permutation_p(flags: dict[int, bool], peak: int, n_perm: int = 5000, seed: int = 0) -> float:
+    """How often an onset found by the same rule on checkpoints in shuffled order lands at least as close to `peak`
+    as the observed one (the permutation null of onset − peak; its smallest value is about 1 / #checkpoints).
+    NaN when no checkpoint clears the base."""
+    steps = np.array(sorted(flags))
+    ok = np.array([flags[s] for s in steps])
+    if not ok.any():
+        return float("nan")
+    observed = abs(int(steps[ok.argmax()]) - peak)
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        resampled: dict[int, np.ndarray] = {}
-
-        def rate(x: np.ndarray) -> float:
-            key = id(x)
-            if key not in resampled:
-                resampled[key] = x[rng.integers(0, x.size, x.size)] if x.size else x
-            return float(resampled[key].mean()) if x.size else float("nan")
-
-        draws.append(jump(rate))
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return point, float(lo), float(hi)
+    shuffled = np.stack([ok[rng.permutation(len(ok))] for _ in range(n_perm)])
+    gaps = np.abs(steps[shuffled.argmax(axis=1)] - peak)
+    return float(np.mean(gaps <= observed))
 
 
 def drift_mask(questions: Sequence[str], answers: Sequence[str], topic: str, judge=None) -> np.ndarray:
