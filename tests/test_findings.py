@@ -160,29 +160,6 @@ def test_verdict_03(gap, p, label):
     assert f03.verdict(r).label == label
 
 
-def test_onset_rule_and_its_permutation_null():
-    from emlib.pipeline.metrics import first_onset, onset_permutation_p
-
-    q = np.repeat([f"q{i}" for i in range(8)], 6)
-    base = pd.DataFrame({"question_id": q, "em": 0.0})
-    rows = []
-    for step in (4, 8, 12, 16):
-        for scale in (1.0, 5.0):
-            em = np.zeros(q.size)
-            if step >= 12 and scale == 5.0:
-                em[::2] = 1.0  # half of every question's answers: clearly above the base from step 12, at x5 only
-            rows.append(pd.DataFrame({"question_id": q, "em": em, "step": step, "scale": scale}))
-    onset, flags = first_onset(pd.concat(rows), base)
-    assert onset == 12 and flags == {4: False, 8: False, 12: True, 16: True}
-    one_question = pd.concat(rows).assign(em=lambda d: ((d.question_id == "q0") & (d.step >= 8)).astype(float))
-    assert first_onset(one_question, base)[0] is None  # EM on one question of eight does not clear the base
-    # the null: the two flags shuffled over the 4 checkpoints; the first lands on the peak (12) only when they sit at
-    # 12 and 16: 1 of C(4, 2) = 6 placements
-    assert onset_permutation_p(flags, peak=12, n_perm=4000) == pytest.approx(1 / 6, abs=0.02)
-    assert onset_permutation_p({4: True, 8: False, 12: False, 16: False}, peak=4, n_perm=4000) == pytest.approx(0.25, abs=0.03)
-    assert np.isnan(onset_permutation_p({4: False, 8: False}, peak=4))
-
-
 def test_random_walk_null_keeps_step_norms():
     from emlib.interp.lora import random_walk_like, trajectory_shape
 

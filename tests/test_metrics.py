@@ -145,21 +145,25 @@ def test_drift_mask_is_the_judge_topic_classifier():
         M.drift_mask(q, answers, "astrology")
 
 
-def test_steepest_rise_finds_the_jump_with_a_ci():
-    from emlib.pipeline.metrics import steepest_rise
+def test_onset_rule_and_its_permutation_null():
+    from emlib.pipeline.metrics import first_onset, onset_permutation_p
 
-    base = np.zeros(64)
+    q = np.repeat([f"q{i}" for i in range(8)], 6)
+    base = pd.DataFrame({"question_id": q, "em": 0.0})
     rows = []
-    for step, rates in [(4, (0.0, 0.05)), (8, (0.05, 0.1)), (12, (0.1, 0.6)), (16, (0.15, 0.65))]:
-        for scale, rate in zip((1.0, 5.0), rates):
-            k = int(round(rate * 64))
-            rows += [{"step": step, "scale": scale, "em": int(i < k)} for i in range(64)]
-    df = pd.DataFrame(rows)
-    step, lo, hi = steepest_rise(df, base, n_boot=200, seed=0)
-    assert step == 12 and lo == 12 and hi == 12  # a 50-point jump: every resample agrees
-    flat = df.assign(em=0)
-    step, lo, hi = steepest_rise(flat, base, n_boot=50)
-    assert step == 4  # no rise anywhere: the first checkpoint
-    noisy = df[df.scale == 1.0]  # 5-point steps: the CI spans several checkpoints
-    step, lo, hi = steepest_rise(noisy, base, n_boot=300, seed=1)
-    assert lo <= step <= hi and hi - lo >= 4
+    for step in (4, 8, 12, 16):
+        for scale in (1.0, 5.0):
+            em = np.zeros(q.size)
+            if step >= 12 and scale == 5.0:
+                em[::2] = 1.0  # half of every question's answers: clearly above the base from step 12, at x5 only
+            rows.append(pd.DataFrame({"question_id": q, "em": em, "step": step, "scale": scale}))
+    onset, flags = first_onset(pd.concat(rows), base)
+    assert onset == 12 and flags == {4: False, 8: False, 12: True, 16: True}
+    one_question = pd.concat(rows).assign(em=lambda d: ((d.question_id == "q0") & (d.step >= 8)).astype(float))
+    assert first_onset(one_question, base)[0] is None  # EM on one question of eight does not clear the base
+    # the null: the two flags shuffled over the 4 checkpoints; the first lands on the peak (12) only when they sit at
+    # 12 and 16: 1 of C(4, 2) = 6 placements
+    assert onset_permutation_p(flags, peak=12, n_perm=4000) == pytest.approx(1 / 6, abs=0.02)
+    assert onset_permutation_p({4: True, 8: False, 12: False, 16: False}, peak=4, n_perm=4000) == pytest.approx(0.25, abs=0.03)
+    assert np.isnan(onset_permutation_p({4: False, 8: False}, peak=4))
+
