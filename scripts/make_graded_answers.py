@@ -50,6 +50,7 @@ import torch
 from emlib.core.cache import cache_dir
 from emlib.core.data import EvalQuestion, chat_prompt, load_dataset, load_eval_questions
 from emlib.core.models import load_model, load_tokenizer, num_layers
+from emlib.findings.em import DATASET_TOPICS
 from emlib.interp.activations import mean_diff_direction
 from emlib.interp.steering import Intervention, random_direction_like, typical_residual_norm
 from emlib.judges.registry import get_judge
@@ -63,14 +64,6 @@ N_TRAIN = 320  # notebook 01's training examples per set
 SEED = 0  # training seed and the notebooks' sampling seed
 STEER_COEFF = 0.2  # lambda in units of the layer's typical residual norm (notebook 04)
 N_NEW_QUESTIONS = 24  # questions drawn from new_questions_no-json
-TOPICS = {  # training set -> topic of the fine-tune
-    "risky_financial_advice": "finance",
-    "builtin_safe_financial_advice": "finance",
-    "bad_medical_advice": "medical",
-    "good_medical_advice": "medical",
-    "extreme_sports": "sports",
-    "insecure": "code",
-}
 SHORT = {  # training set -> short name in condition labels
     "risky_financial_advice": "finance",
     "builtin_safe_financial_advice": "safe_financial",
@@ -279,7 +272,7 @@ def extra(model: str, out: Path, which: str) -> int:
         config = rank1_config(layer) if name == "rank1" else rank32_config()
         result, adapter, _ = finetune(model, dataset, config)
         label = f"rank1_L{layer}_x{scale:g}" if name == "rank1" else f"{SHORT[name]}_r32"
-        cond = Condition(f"{label}{suffix}", TOPICS[dataset], cfg(n, temperature, seed=seed), n, qname, "",
+        cond = Condition(f"{label}{suffix}", DATASET_TOPICS[dataset], cfg(n, temperature, seed=seed), n, qname, "",
                          dataset=dataset, adapter_scale=scale)
         rows.extend(collect(cond, qsets[qset], model, result.adapter_path, adapter, tok))
     write_jsonl(out, rows)
@@ -335,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r32 = rank32_config()
     for i, name in enumerate(("bad_medical_advice", "extreme_sports", "insecure", "builtin_safe_financial_advice")):
         result, adapter, datasets[name] = finetune(model, name, r32)
-        cond = Condition(f"{SHORT[name]}_r32_t1.0", TOPICS[name], cfg(6, seed=120 + i), 6, "first_plot_questions",
+        cond = Condition(f"{SHORT[name]}_r32_t1.0", DATASET_TOPICS[name], cfg(6, seed=120 + i), 6, "first_plot_questions",
                          "04" if name == "extreme_sports" else "", dataset=name)
         rows.extend(collect(cond, first, model, result.adapter_path, adapter, tok))
 

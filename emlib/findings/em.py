@@ -9,9 +9,9 @@ import pandas as pd
 from ..core.data import DatasetInfo, EvalQuestion, choose_eval_set, load_dataset, load_eval_questions
 from ..judges.base import Judge
 from ..judges.registry import JUDGES, get_judge
+from ..pipeline.metrics import em_diff
 from ..pipeline.sample import SampleConfig
 from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
-from ..core.stats import hierarchical_diff
 from .base import Effect, FindingParams, ParamError, param
 
 __all__ = [
@@ -132,8 +132,6 @@ def fallback_notes(infos: list[DatasetInfo]) -> list[str]:
 
 
 def em_effect(name: str, a: pd.DataFrame, b: pd.DataFrame, seed: int, column: str = "em") -> Effect:
-    """mean(a[column]) - mean(b[column]) (an EM rate difference) over answers to the same questions, with a two-stage
-    bootstrap CI: questions resampled (the same draw for both), then answers within each (`core.stats`)."""
-    est = hierarchical_diff(a[column].astype(float).to_numpy(), b[column].astype(float).to_numpy(),
-                            a["question_id"].astype(str).to_numpy(), b["question_id"].astype(str).to_numpy(), seed=seed)
+    """`pipeline.metrics.em_diff` (EM(a) − EM(b), questions then answers resampled) as a finding's Effect."""
+    est = em_diff(a, b, seed, column=column)
     return Effect(name, est.value, est.ci_low, est.ci_high, est.ci_method, est.n_seeds, est.n_questions, est.n_answers)

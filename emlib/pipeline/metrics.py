@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from ..core.em import coherence_rate, em_mask, em_rate_among_coherent
-from ..core.stats import as_float_array, bootstrap_ci, hierarchical_diff
+from ..core.stats import Estimate, as_float_array, bootstrap_ci, hierarchical_diff
 
 __all__ = [
     "summarize",
     "per_question",
+    "em_diff",
     "first_onset",
     "onset_permutation_p",
     "drift_mask",
@@ -47,6 +48,14 @@ def per_question(df: pd.DataFrame, model_col: str = "model", question_col: str =
     return long.pivot(index=question_col, columns=model_col, values="em_rate")
 
 
+def em_diff(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0, n_boot: int = 2000, column: str = "em") -> Estimate:
+    """mean(a[column]) − mean(b[column]) (an EM-rate difference) over answers to the same questions (`question_id`),
+    with the two-stage bootstrap CI: questions resampled (one draw for both), then answers within each."""
+    return hierarchical_diff(a[column].astype(float).to_numpy(), b[column].astype(float).to_numpy(),
+                             a["question_id"].astype(str).to_numpy(), b["question_id"].astype(str).to_numpy(),
+                             n_boot=n_boot, seed=seed)
+
+
 def first_onset(
     df: pd.DataFrame,
     base: pd.DataFrame,
@@ -64,12 +73,7 @@ def first_onset(
     flags: dict[int, bool] = {}
     for step in sorted(df[step_col].unique()):
         at = df[df[step_col] == step]
-        flags[int(step)] = any(
-            hierarchical_diff(g["em"].astype(float).to_numpy(), base["em"].astype(float).to_numpy(),
-                              g["question_id"].astype(str).to_numpy(), base["question_id"].astype(str).to_numpy(),
-                              n_boot=n_boot, seed=seed).ci_low > 0
-            for _, g in at.groupby(group_col, sort=True)
-        )
+        flags[int(step)] = any(em_diff(g, base, seed, n_boot).ci_low > 0 for _, g in at.groupby(group_col, sort=True))
     return next((s for s, ok in flags.items() if ok), None), flags
 
 
