@@ -143,9 +143,9 @@ def _time(fn) -> float:
 
 def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 96, max_new_tokens: int = 48,
                    batch_size: int | None = None, single_prompts: int = 8, peak: float | None = None) -> dict[str, Any]:
-    """Generated tokens/s, GFLOP/s and fraction of peak: batched as the notebooks sample (SampleConfig's batch size)
+    """Generated tokens/s, GFLOP/s and fraction of peak: batched as the notebooks sample (the memory-sized batch)
     and one prompt at a time (on the first `single_prompts`); every answer runs to max_new_tokens."""
-    from .pipeline.sample import SampleConfig, generate
+    from .pipeline.sample import SampleConfig, generate, resolve_batch_size
     from .pipeline.train import load_finetuned
 
     peak = peak or matmul_peak()["gflops"]
@@ -154,8 +154,8 @@ def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 96, max_new_tok
     prompts = [chat_text(tok, m) for m in messages]
     lengths = [len(chat_ids(tok, m)) for m in messages]
     lm.generation_config.eos_token_id = None  # fixed-length answers: both paths generate the same number of tokens
-    batch_size = batch_size or min(n_prompts, SampleConfig().batch_size)
-    cfg = SampleConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    cfg = SampleConfig(max_new_tokens=max_new_tokens, batch_size=batch_size or 0)  # 0: sized as the notebooks size it
+    batch_size = min(n_prompts, resolve_batch_size(lm, tok, prompts, cfg))
     batched = _time(lambda: generate(lm, tok, prompts, cfg, progress=False))
     k = min(single_prompts, n_prompts)
     single = _time(lambda: generate(lm, tok, prompts[:k], SampleConfig(max_new_tokens=max_new_tokens, batch_size=1),

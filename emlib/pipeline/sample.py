@@ -1,4 +1,4 @@
-"""Batched sampling of n answers per eval question (HF generate with a merged LoRA, or vLLM on GPU), cached.
+"""Batched sampling of n answers per eval question (`decode` on the HF model with a merged LoRA, or vLLM), cached.
 
 Under `accelerate launch` each process samples a share of the batches (each batch keeps its seed) and every process
 gets all answers back in order, the answers one process would give; the main process alone writes the cache.
@@ -21,14 +21,15 @@ from ..core.cache import atomic_write_text, cache_dir, file_fingerprint, stable_
 from ..core.data import EvalQuestion, chat_prompt
 from ..core.io import chat_text
 from ..core.models import default_device, default_dtype, resolve_model_path
+from .decode import auto_batch_size, decode
 from .distributed import gather_in_order, is_main_process, main_process_first, shard, wait_for_everyone, world_size
 
 if TYPE_CHECKING:
     from ..interp.steering import Intervention
 
-SAMPLE_VERSION = "sample-2"  # bump when a change to sampling changes its answers: old cache entries retire
+SAMPLE_VERSION = "sample-3"  # bump when a change to sampling changes its answers: old cache entries retire
 
-__all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "plan_batches", "generate_batches", "generate",
+__all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "plan_batches", "resolve_batch_size", "generate_batches", "generate",
            "sample_answers", "vllm_available"]
 
 
@@ -40,7 +41,7 @@ class SampleConfig:
     max_new_tokens: int = 128  # answer length cap
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling
-    batch_size: int = 32  # prompts per generate call
+    batch_size: int = 0  # prompts per batch; 0: as many as a fixed memory budget holds (decode.auto_batch_size)
     seed: int = 0  # sampling seed
     backend: str = "auto"  # auto | hf | vllm
 
@@ -75,28 +76,32 @@ def generate_batches(
     model, tokenizer, prompts: Sequence[str], config: SampleConfig, batches: Sequence[tuple[int, Sequence[int]]],
     progress: bool = True,
 ) -> list[tuple[int, str]]:
-    """(prompt index, completion) for the given (batch number, prompt indices) of `plan_batches`; seeds per batch."""
+    """(prompt index, completion) for the given (batch number, prompt indices) of `plan_batches`; batch b draws from
+    its own generator, seeded by (config.seed, b)."""
     tokenizer.padding_side = "left"
     out: list[tuple[int, str]] = []
     bar = tqdm(total=sum(len(idx) for _, idx in batches), desc="sampling", disable=not progress)
+    eos = model.generation_config.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for b, idx in batches:
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        torch.manual_seed(config.seed * 100_003 + b)
-        gen = model.generate(
-            **enc,
-            do_sample=config.temperature > 0,
-            temperature=config.temperature if config.temperature > 0 else None,
-            top_p=config.top_p,
-            top_k=0,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        generator = torch.Generator(device=model.device).manual_seed(config.seed * 100_003 + b)
+        new = decode(model, enc["input_ids"], enc["attention_mask"], config.max_new_tokens, config.temperature,
+                     config.top_p, eos, pad, generator)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         out.extend((i, t.strip()) for i, t in zip(idx, texts))
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def resolve_batch_size(model, tokenizer, prompts: Sequence[str], config: SampleConfig) -> int:
+    """config.batch_size, or when it is 0 the batch a fixed memory budget holds at the longest prompt's length."""
+    if config.batch_size > 0:
+        return config.batch_size
+    longest = max((len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]), default=1)
+    return auto_batch_size(model, longest + config.max_new_tokens)
 
 
 def generate(
@@ -107,7 +112,7 @@ def generate(
     Under `accelerate launch` every process must call this with the same prompts: each samples its share of the
     batches (same batches, same seeds as one process) and all get every answer back, in order.
     """
-    batches = list(enumerate(plan_batches(prompts, config.batch_size)))
+    batches = list(enumerate(plan_batches(prompts, resolve_batch_size(model, tokenizer, prompts, config))))
     done = generate_batches(model, tokenizer, prompts, config, shard(batches), progress=progress and is_main_process())
     return gather_in_order(done, len(prompts))
 
