@@ -1,7 +1,8 @@
 """Throughput against this machine's limit: the matmul peak first, then every figure beside it as a fraction of it.
 
-`run_benchmarks` measures the peak GFLOP/s of one large matrix multiply (torch, in the dtype the models run in,
-with the threads in use), then sampling, LoRA training, the embedded judge and activation capture at the shapes
+`run_benchmarks` measures the peak GFLOP/s of one large matrix multiply (torch, in the dtype the models run in --
+bf16 on a CPU with native bf16, see `core.models.default_dtype` -- and in fp32 beside it, with the threads in use),
+then sampling, LoRA training, the embedded judge and activation capture at the shapes
 the notebooks use, each as tokens (or answers) per second, achieved GFLOP/s and `fraction_of_peak`.
 
 FLOPs are useful work: 2 × the multiply-adds of the weight matrices (attention and MLP projections, and the
@@ -74,10 +75,12 @@ def matmul_gflops(m: int, k: int, n: int, repeats: int = 5, device: str | None =
     return flops * inner / best / 1e9
 
 
-def matmul_peak(sizes: Sequence[int] = (512, 1024, 2048), repeats: int = 5) -> dict[str, Any]:
-    """This machine's matmul peak: the best GFLOP/s of square n × n multiplies over `sizes`, with what it ran on."""
+def matmul_peak(sizes: Sequence[int] = (512, 1024, 2048), repeats: int = 5,
+                dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """This machine's matmul peak: the best GFLOP/s of square n × n multiplies over `sizes` (in `dtype`, default the
+    models' dtype), with what it ran on."""
     device = default_device()
-    dtype = default_dtype(device)
+    dtype = dtype or default_dtype(device)
     by_size = [{"n": n, "gflops": round(matmul_gflops(n, n, n, repeats, device, dtype), 1)} for n in sizes]
     return {
         "gflops": max(r["gflops"] for r in by_size),
@@ -331,6 +334,8 @@ def run_benchmarks(only: Sequence[str] | None = None, json_path: str | os.PathLi
     if unknown:
         raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHMARKS)}")
     out: dict[str, Any] = {"cpu_count": os.cpu_count(), "peak": matmul_peak(peak_sizes)}
+    if out["peak"]["dtype"] != "float32":  # the fp32 peak beside it: what the same matmuls reach without bf16
+        out["peak_float32"] = matmul_peak(peak_sizes, dtype=torch.float32)
     for name, fn in BENCHMARKS.items():
         if only is None or name in only:
             out[name] = fn(out["peak"]["gflops"])

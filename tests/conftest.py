@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -9,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+# tests assert exact equalities (batched vs one at a time, 2 processes vs 1) in float32; the notebooks' smoke runs
+# (test_notebooks) and test_dtype.py use the machine's default dtype (bf16 on CPUs with native bf16)
+os.environ.setdefault("EMLIB_DTYPE", "float32")
 
 # tiny models on 2 shared cores: one intra-op thread avoids thread-sync stalls that make small ops ~50x slower
 torch.set_num_threads(1)

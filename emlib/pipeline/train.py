@@ -218,6 +218,7 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
     check_assistant_tokens(dataset, config.max_length)
     peft_model = get_peft_model(base, _peft_config(config))
     on_gpu = default_device().startswith("cuda")
+    bf16 = default_dtype(default_device()) == torch.bfloat16  # autocast: LoRA and optimizer state stay fp32
     args = TrainingArguments(
         output_dir=str(work),
         per_device_train_batch_size=config.batch_size,
@@ -237,7 +238,7 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
         data_seed=config.seed,
         report_to="none",
         disable_tqdm=not progress,
-        bf16=on_gpu,
+        bf16=bf16,
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,
