@@ -17,7 +17,7 @@ from ..core.errors import ParamError
 
 __all__ = [
     "REPRODUCED", "PARTLY", "NOT_REPRODUCED", "MEETS", "MISSES", "ParamError", "param", "FindingParams", "Effect",
-    "Verdict", "combine",
+    "Verdict", "combine", "replicated",
 ]
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly reproduced", "not reproduced at this scale"
@@ -169,6 +169,15 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.label not in (REPRODUCED, PARTLY, NOT_REPRODUCED, MEETS, MISSES):
             raise ValueError(f"unknown verdict {self.label!r}")
+
+
+def replicated(main: Verdict, replication: Verdict) -> Verdict:
+    """The verdict a reader gets when the run was repeated on fresh seeds: `combine` of the two, so *reproduced*
+    needs both; the reason says when they disagree."""
+    label = combine({"seeds": main.label, "fresh seeds": replication.label})
+    reason = main.reason if main.label == replication.label else (
+        f"{main.reason}; on fresh seeds {replication.label}: {replication.reason}")
+    return Verdict(label, reason, {"seeds": main.label, "fresh seeds": replication.label})
 
 
 def combine(parts: Mapping[str, str]) -> str:

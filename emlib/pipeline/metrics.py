@@ -48,12 +48,20 @@ def per_question(df: pd.DataFrame, model_col: str = "model", question_col: str =
     return long.pivot(index=question_col, columns=model_col, values="em_rate")
 
 
+def _training_seeds(df: pd.DataFrame) -> np.ndarray | None:
+    """The `seed` column (training seed of each answer's fine-tune) when every row has one; else None (e.g. base)."""
+    if "seed" not in df or df["seed"].isna().any():
+        return None
+    return df["seed"].astype(int).to_numpy()
+
+
 def em_diff(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0, n_boot: int = 2000, column: str = "em") -> Estimate:
     """mean(a[column]) − mean(b[column]) (an EM-rate difference) over answers to the same questions (`question_id`),
-    with the two-stage bootstrap CI: questions resampled (one draw for both), then answers within each."""
+    with the clustered bootstrap CI: training seeds (a `seed` column; a condition without one, such as the base
+    model, is one seed always kept) and questions resampled, one draw for both, then answers within each."""
     return hierarchical_diff(a[column].astype(float).to_numpy(), b[column].astype(float).to_numpy(),
                              a["question_id"].astype(str).to_numpy(), b["question_id"].astype(str).to_numpy(),
-                             n_boot=n_boot, seed=seed)
+                             _training_seeds(a), _training_seeds(b), n_boot=n_boot, seed=seed)
 
 
 def first_onset(

@@ -104,6 +104,13 @@ def _section(run_dir: Path, stem: str, run: dict[str, Any], res: dict[str, Any] 
             out.append(f'<p class="effect">Measured: <b>{_esc(eff.get("name", "effect"))} = {_esc(_fmt(eff.get("value")))}'
                        f'</b> (95% CI {_esc(_fmt(eff.get("ci_low")))} to {_esc(_fmt(eff.get("ci_high")))})'
                        f' &nbsp;|&nbsp; Paper: {_esc(res.get("paper", "n/a"))}</p>')
+        rep = res.get("replication")
+        if rep:
+            reff = rep.get("effect") or {}
+            out.append(f'<p class="effect">Replication on fresh seeds {_esc(", ".join(map(str, rep.get("seeds", []))))}: '
+                       f'<span class="badge {_BADGES.get(rep.get("verdict"), "grey")}">{_esc(rep.get("verdict"))}</span>'
+                       + (f' {_esc(_fmt(reff.get("value")))} (95% CI {_esc(_fmt(reff.get("ci_low")))} to '
+                          f'{_esc(_fmt(reff.get("ci_high")))})' if reff else "") + "</p>")
         for fallback in res.get("fallbacks") or []:
             out.append(f'<p class="warn"><b>Built-in data stood in:</b> {_esc(fallback)}</p>')
         if res.get("notes"):
@@ -146,9 +153,12 @@ def build_report(run_dir: str | os.PathLike, title: str = "Emergent misalignment
         verdict = "failed" if r.get("status") == "failed" else (res or {}).get("verdict") or "no result recorded"
         eff = (res or {}).get("effect") or {}
         effect = f"{_fmt(eff.get('value'))} [{_fmt(eff.get('ci_low'))}, {_fmt(eff.get('ci_high'))}]" if eff else ""
+        rep = (res or {}).get("replication") or {}
+        replication = (f'<span class="badge {_BADGES.get(rep.get("verdict"), "grey")}">{_esc(rep.get("verdict"))}</span>'
+                       if rep else "not run")
         summary_rows.append(f'<tr><td><a href="#{_esc(s)}">{_esc(s)}</a></td><td><span class="badge '
                             f'{_BADGES.get(verdict, "grey")}">{_esc(verdict)}</span></td><td>{_esc(effect)}</td>'
-                            f'<td>{_fmt(r.get("wall_time_s"))}</td></tr>')
+                            f'<td>{replication}</td><td>{_fmt(r.get("wall_time_s"))}</td></tr>')
     doc = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{_esc(title)}</h1>",
@@ -158,7 +168,8 @@ def build_report(run_dir: str | os.PathLike, title: str = "Emergent misalignment
         f" &middot; {len(entries)} notebook(s), {n_failed} failed</p>",
     ]
     if entries:
-        doc.append("<table><tr><th>notebook</th><th>verdict</th><th>effect [95% CI]</th><th>wall time (s)</th></tr>"
+        doc.append("<table><tr><th>notebook</th><th>verdict</th><th>effect [95% CI]</th><th>on fresh seeds</th>"
+                   "<th>wall time (s)</th></tr>"
                    + "".join(summary_rows) + "</table>")
     else:
         doc.append("<p>No notebook results found in this run folder.</p>")

@@ -64,13 +64,20 @@ def record_result(
     figures: list[str] | None = None,
     notes: str = "",
     fallbacks: list[str] | None = None,
+    replication: dict[str, Any] | None = None,
 ) -> Path:
-    """Write metrics.json for one notebook (effect = name, value, ci_low, ci_high) and return its path."""
+    """Write metrics.json for one notebook (effect = name, value, ci_low, ci_high) and return its path.
+
+    `replication`: the same run on fresh seeds, {"seeds": [...], "verdict": label, "effect": {...}} (verdict then
+    being the combined one: *reproduced* needs both)."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
     missing = {"name", "value", "ci_low", "ci_high"} - set(effect)
     if missing:
         raise ValueError(f"effect lacks {sorted(missing)}")
+    if replication is not None:
+        if replication.get("verdict") not in VERDICTS or not replication.get("seeds"):
+            raise ValueError("replication needs its seeds and a verdict from VERDICTS")
     folder = output_folder(output_dir, stem)
     payload = _finite(
         {
@@ -85,6 +92,7 @@ def record_result(
             "figures": [os.path.relpath(f, folder) if Path(f).is_absolute() else str(f) for f in (figures or [])],
             "notes": notes,
             "fallbacks": list(fallbacks or []),
+            **({"replication": replication} if replication is not None else {}),
         }
     )
     return atomic_write_json(folder / "metrics.json", payload, scan=True)

@@ -55,12 +55,14 @@ BATCH_SIZE: int = 8  # examples per step
 GRAD_ACCUM: int = 1  # gradient accumulation
 MAX_LENGTH: int = 128  # tokens per training example
 QUESTIONS: str = "first_plot_questions"  # eval set: public yaml name, "builtin", or a yaml path
-N_SAMPLES: int = 12  # answers per question paraphrase (same samples as notebook 02 for base and rank 32: shared through the cache)
+N_SAMPLES: int = 12  # answers per question paraphrase and seed (base: N_SAMPLES × N_SEEDS)
 MAX_NEW_TOKENS: int = 48  # answer length cap
 TEMPERATURE: float = 0.5  # sampling temperature, 1.0 in the papers. At 135M most answers at 1.0 are incoherent (graded set, notebook 00)
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge (e.g. gpt-4o-2024-08-06); key from $OPENAI_API_KEY
-SEED: int = 0  # seeds training and sampling
+SEED: int = 0  # first training seed; each fine-tune samples with its own training seed, base with SEED
+N_SEEDS: int = 3  # training seeds per fine-tune: SEED … SEED+N_SEEDS-1 (every CI resamples them)
+REPLICATE: bool = True  # run everything again on the next N_SEEDS seeds; "reproduced" needs both runs
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/01_emergent_misalignment/
 
 # %%
@@ -70,6 +72,7 @@ import pandas as pd
 from IPython.display import display
 
 from emlib.findings import f01_emergent_misalignment as f01
+from emlib.findings.base import replicated
 from emlib.report.plots import plot_em_rates, plot_quadrant
 from emlib.report.record import output_folder, record_result
 
@@ -87,11 +90,14 @@ T0 = time.perf_counter()
 result = f01.run(params)
 display(pd.DataFrame([info.to_dict() for info in result.data.values()])[["name", "source", "n_examples", "fell_back_from"]])
 print(f"{len(result.questions)} eval questions:", ", ".join(q.id for q in result.questions))
-for name, r in result.runs.items():
-    print(f"{name}: final loss {r.log[-1]['loss']:.3f} after {r.log[-1]['step']} steps "
-          f"({'cache' if r.from_cache else f'{r.wall_time_s:.0f} s'})")
+for name, rs in result.runs.items():
+    for seed, r in zip(result.seeds, rs):
+        print(f"{name}, seed {seed}: final loss {r.log[-1]['loss']:.3f} after {r.log[-1]['step']} steps "
+              f"({'cache' if r.from_cache else f'{r.wall_time_s:.0f} s'})")
 summary, answers = result.summary, result.answers
 display(summary.round(3))
+print("EM rate per training seed:")
+display(result.per_seed.round(3))
 
 # %%
 fig_rates = plot_em_rates(summary, title=f"EM rate after narrow fine-tuning ({MODEL})", path=OUT / "em_rates.png")
@@ -120,19 +126,29 @@ for _, row in worst.iterrows():
 # %% [markdown]
 # ## Verdict
 # The rule, fixed before the run (`emlib.findings.f01_emergent_misalignment.verdict`): effect = EM(fine-tuned) −
-# EM(base), with a two-stage bootstrap 95 % CI (questions, then answers within them). *Reproduced* when that CI, the
-# CIs of EM(fine-tuned) − EM(control) for both benign controls (other domain, same domain) and the CI of the broad
-# effect all lie above zero; *partly reproduced* when only the first does.
+# EM(base), with a clustered bootstrap 95 % CI (training seeds and questions, then answers within them).
+# *Reproduced* when that CI, the CIs of EM(fine-tuned) − EM(control) for both benign controls (other domain, same
+# domain) and the CI of the broad effect all lie above zero; *partly reproduced* when only the first does. With
+# `REPLICATE` the whole run is repeated on `N_SEEDS` fresh seeds (fresh training data draws, initialisations and
+# samples, base included) and judged by the same rule: the verdict is *reproduced* only when both runs are.
 
 # %%
 verdict = f01.verdict(result)
+print(f"seeds {result.seeds}:", verdict.label, "-", verdict.reason)
+replication = f01.run(params.fresh_seeds()) if REPLICATE else None
+if replication is not None:  # the same rule on fresh seeds; "reproduced" needs both
+    verdict_fresh = f01.verdict(replication)
+    r = replication.effect
+    print(f"fresh seeds {replication.seeds}: {r.name} = {r.value:+.1%} [95% CI {r.ci_low:+.1%}, {r.ci_high:+.1%}]:",
+          verdict_fresh.label, "-", verdict_fresh.reason)
+    verdict = replicated(verdict, verdict_fresh)
 rates = summary.set_index("model")
 e, c = result.effect, result.vs_control
 print(", ".join(f"EM {m} {rates.em_rate[m]:.1%}" for m in rates.index))
 for eff in (e, c, result.vs_same_domain, result.broad):
     if eff is not None:
         print(f"{eff.name:>58} = {eff.value:+.1%}  [95% CI {eff.ci_low:+.1%}, {eff.ci_high:+.1%}]  "
-              f"({eff.n_questions} questions, {eff.n_answers} answers)")
+              f"({eff.n_seeds} seeds, {eff.n_questions} questions, {eff.n_answers} answers)")
 print(f"coherence of fine-tune {rates.coherence_rate['fine-tuned']:.1%}; leakage to {TOPIC}: {rates.leakage_rate['fine-tuned']:.1%} (base {rates.leakage_rate['base']:.1%})")
 print("Verdict:", verdict.label, "-", verdict.reason)
 
@@ -154,7 +170,9 @@ record_result(
         **({"em_diff_vs_same_domain": result.vs_same_domain.value, "em_diff_vs_same_domain_ci_low": result.vs_same_domain.ci_low,
             "em_diff_vs_same_domain_ci_high": result.vs_same_domain.ci_high} if result.vs_same_domain else {}),
         "em_per_question": result.per_question.round(4).reset_index().to_dict("records"),
-        "final_loss_finetuned": result.runs["fine-tuned"].log[-1]["loss"], "final_loss_control": result.runs["control"].log[-1]["loss"],
+        "final_loss_finetuned": sum(r.log[-1]["loss"] for r in result.runs["fine-tuned"]) / len(result.seeds),
+        "final_loss_control": sum(r.log[-1]["loss"] for r in result.runs["control"]) / len(result.seeds),
+        "em_per_seed": result.per_seed.round(4).reset_index().astype(object).to_dict("records"),
         "n_answers_per_model": int((answers["model"] == "base").sum()),
         "verdict_reason": verdict.reason,
         "wall_time_s": time.perf_counter() - T0,
@@ -163,4 +181,7 @@ record_result(
     figures=[str(OUT / "em_rates.png"), str(OUT / "quadrant.png")],
     notes=f"data: {train_info.name} ({train_info.source}), control {control_info.name} ({control_info.source})",
     fallbacks=result.fallbacks,
+    replication=None if replication is None else {
+        "seeds": replication.seeds, "verdict": verdict_fresh.label, "reason": verdict_fresh.reason,
+        "effect": replication.effect.to_dict(), "seeds_verdict": f01.verdict(result).label},
 )
