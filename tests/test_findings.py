@@ -18,7 +18,7 @@ from emlib.findings import f01_emergent_misalignment as f01
 from emlib.findings import f02_rank1_model_organism as f02
 from emlib.findings import f03_phase_transition as f03
 from emlib.findings import f04_misalignment_direction as f04
-from emlib.findings.base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine
+from emlib.findings.base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine, replicated
 from emlib.report.runner import list_notebooks
 
 NOTEBOOKS = {p.stem: p for p in list_notebooks()}
@@ -119,6 +119,24 @@ def test_combine():
     assert combine({}) == NOT_REPRODUCED
     with pytest.raises(ValueError):
         Verdict("sort of", "")
+
+
+def test_reproduced_needs_the_fresh_seeds_too():
+    yes, no = Verdict(REPRODUCED, "up"), Verdict(NOT_REPRODUCED, "flat")
+    assert replicated(yes, Verdict(REPRODUCED, "up again")) == Verdict(REPRODUCED, "up", {"seeds": REPRODUCED,
+                                                                                          "fresh seeds": REPRODUCED})
+    both_ways = [replicated(yes, no), replicated(no, yes)]
+    assert [v.label for v in both_ways] == [PARTLY, PARTLY]
+    assert "on fresh seeds not reproduced at this scale: flat" in both_ways[0].reason
+    assert replicated(no, no).label == NOT_REPRODUCED
+
+
+def test_seeds_of_01_and_its_replication_do_not_overlap():
+    p = f01.Params(seed=5, n_seeds=3)
+    assert p.seeds() == [5, 6, 7] and p.fresh_seeds().seeds() == [8, 9, 10]
+    assert p.fresh_seeds().n_seeds == 3 and p.fresh_seeds().lr == p.lr
+    assert p.finetune(p.dataset, p.dataset_fallback, seed=6).seed == 6
+    assert p.finetune(p.dataset, p.dataset_fallback).seed == 5
 
 
 def test_effect_above_is_strict():

@@ -167,3 +167,19 @@ def test_onset_rule_and_its_permutation_null():
     assert onset_permutation_p({4: True, 8: False, 12: False, 16: False}, peak=4, n_perm=4000) == pytest.approx(0.25, abs=0.03)
     assert np.isnan(onset_permutation_p({4: False, 8: False}, peak=4))
 
+
+
+def test_em_diff_resamples_training_seeds_when_answers_carry_them():
+    """Three fine-tune seeds that disagree (EM 0, 0.3, 0.6): resampling them widens the CI the answers alone give."""
+    from emlib.pipeline.metrics import em_diff
+
+    rng = np.random.default_rng(0)
+    rows = [{"question_id": f"q{q}", "seed": s, "em": float(rng.random() < 0.3 * s)}
+            for s in range(3) for q in range(8) for _ in range(20)]
+    tuned = pd.DataFrame(rows)
+    base = pd.DataFrame([{"question_id": f"q{q}", "seed": pd.NA, "em": 0.0} for q in range(8) for _ in range(60)])
+    with_seeds = em_diff(tuned, base)
+    without = em_diff(tuned.drop(columns="seed"), base)
+    assert with_seeds.value == without.value == pytest.approx(tuned.em.mean())
+    assert with_seeds.n_seeds == 3 and without.n_seeds == 1
+    assert (with_seeds.ci_high - with_seeds.ci_low) > 2 * (without.ci_high - without.ci_low)

@@ -114,3 +114,14 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     _record(tmp_path, notes="second write")
     assert sorted(p.name for p in (tmp_path / "01_em").iterdir()) == ["metrics.json"]
     assert R.read_result(tmp_path, "01_em")["notes"] == "second write"
+
+
+def test_replication_is_recorded_and_checked(tmp_path):
+    rep = {"seeds": [3, 4, 5], "verdict": "not reproduced at this scale", "effect": EFFECT}
+    _record(tmp_path, verdict="partly reproduced", replication=rep)
+    assert R.read_result(tmp_path, "01_em")["replication"] == rep
+    _record(tmp_path)
+    assert "replication" not in R.read_result(tmp_path, "01_em")  # a run without one records none
+    for bad in ({"seeds": [3], "verdict": "maybe"}, {"seeds": [], "verdict": "reproduced"}):
+        with pytest.raises(ValueError, match="replication"):
+            _record(tmp_path, replication=bad)

@@ -198,6 +198,19 @@ def test_build_report_badges_and_missing(tmp_path):
     assert 'badge green">meets targets' in page and "no result recorded" in page
     assert "missing figure missing.png" in page and "c &lt;b&gt;" in page
     assert "0.1235" in page and "n/a" in page and "12,345" in page
+    assert page.count("not run") == 4  # no replication recorded, in any of the four rows
+
+
+def test_report_shows_the_replication_beside_the_verdict(tmp_path):
+    atomic_write_json(tmp_path / "01_a" / "metrics.json", {
+        "stem": "01_a", "title": "A", "claim": "c", "paper": "p", "verdict": "partly reproduced",
+        "effect": {"name": "d", "value": 0.1, "ci_low": 0.02, "ci_high": 0.2}, "metrics": {}, "params": {},
+        "figures": [], "notes": "",
+        "replication": {"seeds": [3, 4, 5], "verdict": "not reproduced at this scale",
+                        "effect": {"name": "d", "value": 0.01, "ci_low": -0.05, "ci_high": 0.07}}})
+    page = report.build_report(tmp_path).read_text()
+    assert "Replication on fresh seeds 3, 4, 5" in page and "-0.05" in page
+    assert page.count('badge grey">not reproduced at this scale') == 2  # in the summary table and the section
 
 
 def test_default_run_dir():
