@@ -95,17 +95,26 @@ def test_notebooks_share_fine_tunes_by_equal_settings():
     layer = 15
     assert f02.Params().rank1(layer) == f03.Params().finetune(layer)
     assert f02.Params().rank1(layer).train_config() == f03.Params().finetune(layer).train_config()
+    assert f02.Params().seeds() == f03.Params().seeds() == [0, 1, 2]
+    for seed in (1, 2, 3):  # every seed's rank-1 run, and the replications', is shared too
+        assert f02.Params().rank1(layer, seed) == f03.Params().finetune(layer, seed)
+    assert f03.Params().fresh_seeds().null_dataset == ""  # the benign-run null runs once
     p01, p04 = f01.Params(), f04.Params()
     assert p04.finetune_params().finetune(p04.dataset, p04.dataset_fallback) == p01.finetune(p01.dataset, p01.dataset_fallback)
     assert f03.Params(lr=2e-3).finetune(layer) != f02.Params().rank1(layer)
 
 
 def test_adapters_of_finding_02_mark_the_sweep_exploratory():
-    chosen = f02.adapters(f02.Params(), n_layers=30)
-    assert [a.label for a in chosen] == ["rank 1 · L15", "rank 4 · L15", "rank 32 · all", "rank 1 · L8", "rank 1 · L22"]
-    assert [a.exploratory for a in chosen] == [False, False, False, True, True]
-    assert chosen[0].finetune.trajectory_every == 2 and all(a.finetune.trajectory_every == 0 for a in chosen[1:])
-    assert chosen[2].finetune.layers is None and chosen[2].layer == -1
+    chosen = f02.adapters(f02.Params(), n_layers=30)  # the headline on seeds 0, 1, 2; the rest on seed 0
+    assert [a.key for a in chosen] == ["rank 1 · L15 · seed 0", "rank 1 · L15 · seed 1", "rank 1 · L15 · seed 2",
+                                       "rank 4 · L15 · seed 0", "rank 32 · all · seed 0", "rank 1 · L8 · seed 0",
+                                       "rank 1 · L22 · seed 0"]
+    assert [a.exploratory for a in chosen] == [False] * 5 + [True, True]
+    assert all(a.finetune.trajectory_every == 2 for a in chosen[:3])  # notebook 03 reads every seed's snapshots
+    assert all(a.finetune.trajectory_every == 0 for a in chosen[3:])
+    assert chosen[4].finetune.layers is None and chosen[4].layer == -1
+    assert [a.key for a in f02.adapters(f02.Params().fresh_seeds(), n_layers=30)] == [
+        "rank 1 · L15 · seed 3", "rank 1 · L15 · seed 4", "rank 1 · L15 · seed 5"]  # the replication: the headline only
 
 
 # ---------------------------------------------------------------- verdicts
@@ -164,17 +173,18 @@ def test_verdict_02(lo, drop, label):
     assert f02.verdict(f02.Result(eff(lo), coherence_drop=drop, coherence_tolerance=0.10)).label == label
 
 
-@pytest.mark.parametrize("gap, p, label", [
-    (8.0, 0.049, REPRODUCED),  # at the tolerance, beyond chance
-    (-8.0, 0.01, REPRODUCED),
-    (8.0, 0.05, PARTLY),  # p exactly at alpha: not beyond chance
-    (0.0, 0.3, PARTLY),
-    (9.0, 0.01, NOT_REPRODUCED),  # past the tolerance
-    (None, float("nan"), NOT_REPRODUCED),  # no checkpoint clears the base
+@pytest.mark.parametrize("gap, p, all_onset, label", [
+    (8.0, 0.049, True, REPRODUCED),  # at the tolerance, beyond chance, every seed has an onset
+    (-8.0, 0.01, True, REPRODUCED),
+    (-8.0, 0.01, False, PARTLY),  # a seed without an onset
+    (8.0, 0.05, True, PARTLY),  # p exactly at alpha: not beyond chance
+    (0.0, 0.3, True, PARTLY),
+    (9.0, 0.01, True, NOT_REPRODUCED),  # past the tolerance
+    (None, float("nan"), False, NOT_REPRODUCED),  # no checkpoint clears the base
 ])
-def test_verdict_03(gap, p, label):
+def test_verdict_03(gap, p, all_onset, label):
     g = None if gap is None else Effect("gap", gap, gap, gap)
-    r = f03.Result(gap=g, emerged=eff(0.01), tolerance_steps=8, gap_p=p, alpha_null=0.05)
+    r = f03.Result(gap=g, emerged=eff(0.01), tolerance_steps=8, gap_p=p, alpha_null=0.05, all_onset=all_onset)
     assert f03.verdict(r).label == label
 
 

@@ -166,6 +166,14 @@ def test_onset_rule_and_its_permutation_null():
     assert onset_permutation_p(flags, peak=12, n_perm=4000) == pytest.approx(1 / 6, abs=0.02)
     assert onset_permutation_p({4: True, 8: False, 12: False, 16: False}, peak=4, n_perm=4000) == pytest.approx(0.25, abs=0.03)
     assert np.isnan(onset_permutation_p({4: False, 8: False}, peak=4))
+    # several seeds: the same single-run p for one, and a run without an onset changes nothing
+    assert onset_permutation_p([flags], [12], n_perm=4000) == onset_permutation_p(flags, 12, n_perm=4000)
+    assert onset_permutation_p([flags, {4: False, 8: False}], [12, 4], n_perm=4000) == pytest.approx(1 / 6, abs=0.02)
+    # two runs, each with one cleared checkpoint of four at its peak: both at the peak by chance 1/16
+    two = [{4: True, 8: False, 12: False, 16: False}, {4: False, 8: False, 12: True, 16: False}]
+    assert onset_permutation_p(two, [4, 12], n_perm=8000) == pytest.approx(1 / 16, abs=0.01)
+    with pytest.raises(ValueError, match="peaks"):
+        onset_permutation_p(two, [4])
 
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -15,7 +15,7 @@ from ..pipeline.train import ALL_PROJECTIONS, TrainConfig
 from .base import Effect, FindingParams, ParamError, param
 
 __all__ = [
-    "EMParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
+    "EMParams", "SeedParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
     "fallback_notes", "em_effect", "DATASET_TOPICS",
 ]
 
@@ -53,6 +53,22 @@ class EMParams(FindingParams):
         """The judge exists and gets a model exactly when it takes one."""
         super().check()
         check_judge(getattr(self, "judge"), getattr(self, "judge_model"))
+
+
+@dataclass
+class SeedParams:
+    """Training seeds for a finding's headline fine-tunes, and the replication on fresh ones (mixed into Params)."""
+
+    n_seeds: int = param(3, min=1)  # training seeds SEED, SEED+1, … for each headline fine-tune
+    replicate: bool = True  # run again on N_SEEDS fresh seeds; "reproduced" needs both runs
+
+    def seeds(self) -> list[int]:
+        """The training seeds: SEED, SEED+1, …, SEED+N_SEEDS−1."""
+        return [self.seed + i for i in range(self.n_seeds)]  # type: ignore[attr-defined]
+
+    def fresh_seeds(self):  # noqa: ANN201 - the same Params class
+        """The same parameters on the next N_SEEDS seeds (the replication run)."""
+        return replace(self, seed=self.seed + self.n_seeds)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

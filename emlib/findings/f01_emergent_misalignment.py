@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -11,7 +11,7 @@ from ..pipeline.metrics import drift_mask, per_question, summarize
 from ..pipeline.evaluate import judged_answers
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
-from .em import EMParams, FinetuneParams, em_effect, fallback_notes, load_questions, make_judge, sample_config, targets
+from .em import EMParams, FinetuneParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config, targets
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -23,7 +23,7 @@ SAME_DOMAIN = "same-domain control"  # the model label of the benign fine-tune o
 
 
 @dataclass
-class Params(EMParams):
+class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     control_dataset: str = "good_medical_advice"
@@ -35,16 +35,6 @@ class Params(EMParams):
     target_modules: str = "all"
     lr: float = param(1e-3, gt=0)
     n_samples: int = param(12, min=1)
-    n_seeds: int = param(3, min=1)  # training seeds SEED, SEED+1, … for every fine-tune
-    replicate: bool = True  # run again on N_SEEDS fresh seeds; "reproduced" needs both runs
-
-    def seeds(self) -> list[int]:
-        """The training seeds: SEED, SEED+1, …, SEED+N_SEEDS−1."""
-        return [self.seed + i for i in range(self.n_seeds)]
-
-    def fresh_seeds(self) -> "Params":
-        """The same parameters on the next N_SEEDS seeds (the replication run)."""
-        return replace(self, seed=self.seed + self.n_seeds)
 
     def finetune(self, dataset: str, fallback: str, seed: int | None = None) -> FinetuneParams:
         """The rank-`rank` fine-tune on one dataset with one training seed (default SEED; notebook 04 shares it by

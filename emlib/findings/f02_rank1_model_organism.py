@@ -12,7 +12,7 @@ from ..pipeline.evaluate import depth_to_layer, judged_answers
 from ..pipeline.metrics import summarize
 from ..pipeline.train import ALL_PROJECTIONS, TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
-from .em import EMParams, FinetuneParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import EMParams, FinetuneParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
 
 __all__ = ["STEM", "Params", "Adapter", "Result", "run", "verdict"]
 
@@ -20,7 +20,7 @@ STEM = "02_rank1_model_organism"
 
 
 @dataclass
-class Params(EMParams):
+class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     depth: float = param(0.5, min=0, max=1)
@@ -35,13 +35,19 @@ class Params(EMParams):
     n_samples: int = param(12, min=1)
     coherence_tolerance: float = param(0.10, min=0, max=1)
 
-    def rank1(self, layer: int) -> FinetuneParams:
-        """The rank-1 rsLoRA adapter on `down_proj` of one layer, with trajectory snapshots (notebook 03 reads them)."""
+    def fresh_seeds(self) -> "Params":
+        """The headline alone (the rank-1 adapter at DEPTH) on the next N_SEEDS seeds: the comparison and the
+        exploratory adapters are not re-run."""
+        return replace(super().fresh_seeds(), sweep_depths=[], low_ranks=[1], high_rank=0)
+
+    def rank1(self, layer: int, seed: int | None = None) -> FinetuneParams:
+        """The rank-1 rsLoRA adapter on `down_proj` of one layer, with trajectory snapshots (notebook 03 reads them),
+        trained with one seed (default SEED)."""
         return FinetuneParams(
             model=self.model, dataset=self.dataset, fallback=self.dataset_fallback, data_dir=self.data_dir,
             n_train=self.n_train, rank=1, alpha=self.low_rank_alpha, lr=self.low_rank_lr, max_steps=self.max_steps,
             epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum, max_length=self.max_length,
-            seed=self.seed, target_modules=("down_proj",), layers=(layer,), use_rslora=True,
+            seed=self.seed if seed is None else seed, target_modules=("down_proj",), layers=(layer,), use_rslora=True,
             trajectory_every=self.trajectory_every,
         )
 
@@ -55,12 +61,18 @@ class Adapter:
     layer: int
     exploratory: bool = False
 
+    @property
+    def key(self) -> str:
+        """The label with the training seed: one run of the comparison."""
+        return f"{self.label} · seed {self.finetune.seed}"
+
 
 def adapters(p: Params, n_layers: int) -> list[Adapter]:
-    """The rank-1 adapter at DEPTH, the other low ranks there, the high-rank all-projection one, the depth sweep."""
+    """The rank-1 adapter at DEPTH once per training seed (the headline), then, on SEED alone, the other low ranks
+    there, the high-rank all-projection one and the depth sweep."""
     layer = depth_to_layer(p.depth, n_layers)
     rank1 = p.rank1(layer)
-    out = [Adapter(f"rank 1 · L{layer}", rank1, layer)]
+    out = [Adapter(f"rank 1 · L{layer}", p.rank1(layer, s), layer) for s in p.seeds()]
     out += [Adapter(f"rank {r} · L{layer}", replace(rank1, rank=r, trajectory_every=0), layer)
             for r in p.low_ranks if r != 1]
     if p.high_rank > 0:
@@ -84,7 +96,7 @@ class Result:
     summary: pd.DataFrame | None = None
     answers: pd.DataFrame | None = None
     adapters: list[Adapter] = field(default_factory=list)
-    runs: dict[str, TrainResult] = field(default_factory=dict)
+    runs: dict[str, TrainResult] = field(default_factory=dict)  # by Adapter.key (label and seed)
     data: DatasetInfo | None = None
     questions: list[EvalQuestion] = field(default_factory=list)
     judge_id: str = ""
@@ -97,15 +109,18 @@ def run(p: Params) -> Result:
     chosen = adapters(p, n_layers)
     train_set, info = chosen[0].finetune.load()
     questions, notes = load_questions(p.questions, p.data_dir)
-    runs = {a.label: train_lora(train_set, a.finetune.train_config(), model=p.model) for a in chosen}
+    sets = {a.key: train_set if a.finetune.seed == p.seed else a.finetune.load()[0] for a in chosen}
+    runs = {a.key: train_lora(sets[a.key], a.finetune.train_config(), model=p.model) for a in chosen}
     judge = make_judge(p.judge, p.judge_model)
     cfg = sample_config(p.n_samples, p.max_new_tokens, p.temperature, p.seed)
+    base_cfg = replace(cfg, n_per_question=p.n_samples * p.n_seeds)  # as many answers as the headline's seeds give
     answers = pd.concat(
-        [judged_answers(questions, p.model, None, cfg, judge, "base", layer=-1, rank=0)]
-        + [judged_answers(questions, p.model, runs[a.label].adapter_path, cfg, judge, a.label, layer=a.layer,
-                          rank=a.finetune.rank) for a in chosen],
+        [judged_answers(questions, p.model, None, base_cfg, judge, "base", layer=-1, rank=0).assign(seed=pd.NA)]
+        + [judged_answers(questions, p.model, runs[a.key].adapter_path, replace(cfg, seed=a.finetune.seed), judge,
+                          a.label, layer=a.layer, rank=a.finetune.rank).assign(seed=a.finetune.seed) for a in chosen],
         ignore_index=True,
     )
+    answers["seed"] = answers["seed"].astype("Int64")
     summary = summarize(answers, by="model", seed=p.seed)
     rates = summary.set_index("model")
     main = chosen[0].label

@@ -85,19 +85,29 @@ def first_onset(
     return next((s for s, ok in flags.items() if ok), None), flags
 
 
-def onset_permutation_p(flags: dict[int, bool], peak: int, n_perm: int = 5000, seed: int = 0) -> float:
-    """How often an onset found by the same rule on checkpoints in shuffled order lands at least as close to `peak`
-    as the observed one (the permutation null of onset − peak; its smallest value is about 1 / #checkpoints).
-    NaN when no checkpoint clears the base."""
-    steps = np.array(sorted(flags))
-    ok = np.array([flags[s] for s in steps])
-    if not ok.any():
-        return float("nan")
-    observed = abs(int(steps[ok.argmax()]) - peak)
+def onset_permutation_p(flags: dict[int, bool] | Sequence[dict[int, bool]], peak: int | Sequence[int],
+                        n_perm: int = 5000, seed: int = 0) -> float:
+    """How often onsets found by the same rule on checkpoints in shuffled order land at least as close to the peak
+    as the observed ones (the permutation null of onset − peak; with one run its smallest value is about
+    1 / #checkpoints). Several runs (one {step: clears} and one peak per training seed): the statistic is the sum of
+    |onset − peak| over the runs with an onset, each run's checkpoints shuffled on its own. NaN when no checkpoint of
+    any run clears the base."""
+    runs = [flags] if isinstance(flags, dict) else list(flags)
+    peaks = [peak] * len(runs) if isinstance(peak, (int, np.integer)) else list(peak)
+    if len(peaks) != len(runs):
+        raise ValueError(f"{len(runs)} runs of flags but {len(peaks)} peaks")
     rng = np.random.default_rng(seed)
-    shuffled = np.stack([ok[rng.permutation(len(ok))] for _ in range(n_perm)])
-    gaps = np.abs(steps[shuffled.argmax(axis=1)] - peak)
-    return float(np.mean(gaps <= observed))
+    observed, null, any_onset = 0, np.zeros(n_perm), False
+    for run, pk in zip(runs, peaks):
+        steps = np.array(sorted(run))
+        ok = np.array([run[s] for s in steps])
+        if not ok.any():
+            continue  # no onset in any order: the same in every shuffle, so it leaves the comparison alone
+        any_onset = True
+        observed += abs(int(steps[ok.argmax()]) - pk)
+        shuffled = np.stack([ok[rng.permutation(len(ok))] for _ in range(n_perm)])
+        null += np.abs(steps[shuffled.argmax(axis=1)] - pk)
+    return float(np.mean(null <= observed)) if any_onset else float("nan")
 
 
 def drift_mask(questions: Sequence[str], answers: Sequence[str], topic: str, judge=None) -> np.ndarray:

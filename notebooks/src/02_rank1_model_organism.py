@@ -51,13 +51,15 @@ GRAD_ACCUM: int = 1  # gradient accumulation
 MAX_LENGTH: int = 128  # tokens per training example
 TRAJECTORY_EVERY: int = 2  # snapshot the rank-1 adapter at DEPTH every N steps; notebook 03 reads them
 QUESTIONS: str = "first_plot_questions"  # eval set: public yaml name, "builtin", or a yaml path
-N_SAMPLES: int = 12  # answers per question paraphrase
+N_SAMPLES: int = 12  # answers per question paraphrase (and seed, for the rank-1 adapter; base: N_SAMPLES × N_SEEDS)
 MAX_NEW_TOKENS: int = 48  # answer length cap
 TEMPERATURE: float = 0.5  # sampling temperature, 1.0 in the papers. At 135M most answers at 1.0 are incoherent (graded set, notebook 00)
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge, e.g. gpt-4o-2024-08-06; key from $OPENAI_API_KEY
 COHERENCE_TOLERANCE: float = 0.10  # largest drop in coherence rate vs the base that still counts as kept
-SEED: int = 0  # seeds training and sampling
+SEED: int = 0  # first training seed; each adapter samples with its own training seed, base with SEED
+N_SEEDS: int = 3  # training seeds of the rank-1 adapter at DEPTH (the verdict's); the other adapters train on SEED
+REPLICATE: bool = True  # run everything again on the next N_SEEDS seeds; "reproduced" needs both runs
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/02_rank1_model_organism/
 
 # %%
@@ -68,6 +70,7 @@ from IPython.display import display
 
 from emlib.core.em import COHERENT_THRESHOLD
 from emlib.findings import f02_rank1_model_organism as f02
+from emlib.findings.base import replicated
 from emlib.interp.lora import adapter_num_params
 from emlib.report.plots import plot_em_rates, plot_lines
 from emlib.report.record import output_folder, record_result
@@ -85,15 +88,16 @@ info, runs, summary, answers = result.data, result.runs, result.summary, result.
 print(f"{MODEL}: {result.n_layers} layers; rank-1 adapter at layer {result.layer}; training on {info.name} "
       f"({info.source}, {info.n_examples} examples); {len(result.questions)} eval questions")
 display(pd.DataFrame([
-    {"adapter": a.label, "exploratory": a.exploratory, "trained params": adapter_num_params(runs[a.label].adapter_path),
-     "first loss": runs[a.label].log[0]["loss"], "final loss": runs[a.label].log[-1]["loss"],
-     "time": "cache" if runs[a.label].from_cache else f"{runs[a.label].wall_time_s:.0f} s"}
+    {"adapter": a.label, "seed": a.finetune.seed, "exploratory": a.exploratory,
+     "trained params": adapter_num_params(runs[a.key].adapter_path),
+     "first loss": runs[a.key].log[0]["loss"], "final loss": runs[a.key].log[-1]["loss"],
+     "time": "cache" if runs[a.key].from_cache else f"{runs[a.key].wall_time_s:.0f} s"}
     for a in result.adapters
 ]).round(3))
 display(summary.round(3))
 
 # %%
-main_labels = ["base"] + [a.label for a in result.adapters if not a.exploratory]
+main_labels = list(dict.fromkeys(["base"] + [a.label for a in result.adapters if not a.exploratory]))
 fig_rates = plot_em_rates(summary[summary.model.isin(main_labels)], title=f"EM rate by adapter ({MODEL}, {info.name})",
                           path=OUT / "em_by_rank.png")
 layer_of = {a.label: a.layer for a in result.adapters if a.finetune.rank == 1}
@@ -116,18 +120,28 @@ for _, row in worst.iterrows():
 # %% [markdown]
 # ## Verdict
 # The rule, fixed before the run (`emlib.findings.f02_rank1_model_organism.verdict`): effect = EM(rank 1) − EM(base)
-# for the rank-1 adapter at DEPTH, with a two-stage bootstrap 95 % CI (questions, then answers). *Reproduced* when the CI lies above zero
-# **and** the rank-1 model's coherence rate is within `COHERENCE_TOLERANCE` of the base model's; *partly reproduced*
-# when EM rises but coherence drops further. The layer sweep is exploratory and does not enter the verdict.
+# for the rank-1 adapter at DEPTH over `N_SEEDS` training seeds, with a clustered bootstrap 95 % CI (seeds and
+# questions, then answers). *Reproduced* when the CI lies above zero **and** the rank-1 model's coherence rate is
+# within `COHERENCE_TOLERANCE` of the base model's; *partly reproduced* when EM rises but coherence drops further.
+# The layer sweep, the other ranks and their learning rate (chosen on one seed) are exploratory and do not enter the
+# verdict. With `REPLICATE` the whole run is repeated on fresh seeds; *reproduced* needs both runs.
 
 # %%
 verdict = f02.verdict(result)
+print(f"seeds {params.seeds()}:", verdict.label, "-", verdict.reason)
+replication = f02.run(params.fresh_seeds()) if REPLICATE else None
+if replication is not None:  # the same rule on fresh seeds; "reproduced" needs both
+    verdict_fresh = f02.verdict(replication)
+    r = replication.effect
+    print(f"fresh seeds {params.fresh_seeds().seeds()}: {r.name} = {r.value:+.1%} [95% CI {r.ci_low:+.1%}, "
+          f"{r.ci_high:+.1%}], coherence drop {replication.coherence_drop:+.1%}:", verdict_fresh.label, "-", verdict_fresh.reason)
+    verdict = replicated(verdict, verdict_fresh)
 rates = summary.set_index("model")
 e = result.effect
 best_layer = int(rank1_rows.sort_values(["em_rate", "layer"], ascending=[False, True]).layer.iloc[0])
 for m in main_labels:
     print(f"{m:>16}: EM {rates.em_rate[m]:6.1%} [{rates.em_ci_low[m]:.1%}, {rates.em_ci_high[m]:.1%}]  coherent {rates.coherence_rate[m]:.1%}")
-print(f"EM(rank 1) - EM(base) = {e.value:+.1%}  [95% CI {e.ci_low:+.1%}, {e.ci_high:+.1%}]; coherence drop {result.coherence_drop:+.1%} "
+print(f"EM(rank 1) - EM(base) = {e.value:+.1%}  [95% CI {e.ci_low:+.1%}, {e.ci_high:+.1%}] ({e.n_seeds} seeds); coherence drop {result.coherence_drop:+.1%} "
       f"(tolerance {COHERENCE_TOLERANCE:.0%})")
 print(f"best rank-1 layer in the exploratory sweep: {best_layer} of {result.n_layers}")
 print("Verdict:", verdict.label, "-", verdict.reason)
@@ -153,6 +167,9 @@ record_result(
     figures=[str(OUT / "em_by_rank.png"), str(OUT / "layer_sweep.png")],
     notes=f"data: {info.name} ({info.source}); rank-1 adapters: rsLoRA alpha {LOW_RANK_ALPHA}, lr {LOW_RANK_LR}",
     fallbacks=result.fallbacks,
+    replication=None if replication is None else {
+        "seeds": params.fresh_seeds().seeds(), "verdict": verdict_fresh.label, "reason": verdict_fresh.reason,
+        "effect": replication.effect.to_dict(), "seeds_verdict": f02.verdict(result).label},
 )
 
 # %% [markdown]
