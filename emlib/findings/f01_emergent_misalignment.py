@@ -26,6 +26,8 @@ SAME_DOMAIN = "same-domain control"  # the model label of the benign fine-tune o
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
+    n_train: int = param(160, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
+    max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
     control_dataset: str = "good_medical_advice"
     control_fallback: str = "builtin_safe_financial_advice"
     same_domain_dataset: str = "builtin_safe_financial_advice"  # benign control on the training topic ("": none)
@@ -34,7 +36,7 @@ class Params(SeedParams, EMParams):
     alpha: float = param(64.0, gt=0)
     target_modules: str = "all"
     lr: float = param(1e-3, gt=0)
-    n_samples: int = param(12, min=1)
+    n_samples: int = param(8, min=1)
 
     def finetune(self, dataset: str, fallback: str, seed: int | None = None) -> FinetuneParams:
         """The rank-`rank` fine-tune on one dataset with one training seed (default SEED; notebook 04 shares it by

@@ -30,6 +30,8 @@ STEM = "04_misalignment_direction"
 class Params(EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
+    n_train: int = param(160, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
+    max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
     other_dataset: str = "extreme_sports"
     other_fallback: str = "builtin_risky_financial_advice"
     rank: int = param(32, min=1)
