@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from .core.cache import atomic_write_json
 from .core.io import chat_ids, chat_text, env_override
-from .core.models import default_device, default_dtype, resolve_model_path
+from .core.models import decoder_dims, default_device, default_dtype, resolve_model_path
 
 __all__ = ["matmul_gflops", "matmul_peak", "linear_flops_per_token", "head_flops", "generation_flops",
            "forward_flops", "bench_sampling", "bench_training", "bench_judge", "bench_capture", "bench_cache",
@@ -103,23 +103,15 @@ def _rate(flops: float, seconds: float, peak: float) -> dict[str, float]:
 # ---------------------------------------------------------------- FLOPs of a decoder (Llama-style: gated MLP)
 
 
-def _dims(config) -> tuple[int, int, int, int, int, int, int]:
-    config = getattr(config, "text_config", None) or config
-    d, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    return d, config.num_hidden_layers, heads, kv, head_dim, config.intermediate_size, config.vocab_size
-
-
 def linear_flops_per_token(config) -> int:
     """FLOPs of one token through every decoder layer's projections (q, k, v, o, gate, up, down)."""
-    d, layers, heads, kv, head_dim, ffn, _ = _dims(config)
+    d, layers, heads, kv, head_dim, ffn, _ = decoder_dims(config)
     return 2 * layers * (2 * d * heads * head_dim + 2 * d * kv * head_dim + 3 * d * ffn)
 
 
 def head_flops(config) -> int:
     """FLOPs of the LM head at one position."""
-    d, *_, vocab = _dims(config)
+    d, *_, vocab = decoder_dims(config)
     return 2 * d * vocab
 
 
@@ -164,7 +156,7 @@ def bench_sampling(model: str = "smollm2-135m", n_prompts: int = 96, max_new_tok
     single = _time(lambda: generate(lm, tok, prompts[:k], SampleConfig(max_new_tokens=max_new_tokens, batch_size=1),
                                     progress=False))
     tokens, tokens_single = n_prompts * max_new_tokens, k * max_new_tokens
-    d, *_, ffn, _ = _dims(lm.config)
+    d, *_, ffn, _ = decoder_dims(lm.config)
     return {
         "n_prompts": n_prompts,
         "max_new_tokens": max_new_tokens,

