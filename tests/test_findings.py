@@ -105,7 +105,7 @@ def test_notebooks_share_fine_tunes_by_equal_settings():
 
 
 def test_adapters_of_finding_02_mark_the_sweep_exploratory():
-    chosen = f02.adapters(f02.Params(), n_layers=30)  # the headline on seeds 0, 1, 2; the rest on seed 0
+    chosen = f02.adapters(f02.Params(low_ranks=[1, 4], sweep_depths=[0.25, 0.75]), n_layers=30)  # the paper profile's extras
     assert [a.key for a in chosen] == ["rank 1 · L15 · seed 0", "rank 1 · L15 · seed 1", "rank 1 · L15 · seed 2",
                                        "rank 4 · L15 · seed 0", "rank 32 · all · seed 0", "rank 1 · L8 · seed 0",
                                        "rank 1 · L22 · seed 0"]
@@ -115,6 +115,9 @@ def test_adapters_of_finding_02_mark_the_sweep_exploratory():
     assert chosen[4].finetune.layers is None and chosen[4].layer == -1
     assert [a.key for a in f02.adapters(f02.Params().fresh_seeds(), n_layers=30)] == [
         "rank 1 · L15 · seed 3", "rank 1 · L15 · seed 4", "rank 1 · L15 · seed 5"]  # the replication: the headline only
+    teaching = f02.adapters(f02.Params(), n_layers=30)  # the headline on seeds 0, 1, 2 and the rank-32 comparison
+    assert [a.key for a in teaching] == ["rank 1 · L15 · seed 0", "rank 1 · L15 · seed 1", "rank 1 · L15 · seed 2",
+                                         "rank 32 · all · seed 0"]
 
 
 # ---------------------------------------------------------------- verdicts
@@ -230,6 +233,25 @@ def test_verdict_04_parts():
     assert mixed.label == PARTLY and mixed.parts == {"steering": NOT_REPRODUCED, "ablation": REPRODUCED,
                                                      "convergence": NOT_REPRODUCED}
     assert f04.verdict(_r04(steer=(0.0, 0.1), source_drop=0.0, cosines=[0.1] * 10)).label == NOT_REPRODUCED
+
+
+def test_verdict_04_replication_reads_only_the_source_ablation():
+    def rep(drop, vs_random):
+        return f04.Replication([3, 4, 5], {("src", "v̂"): eff(drop), ("src", "random"): eff(-0.1, 0.1),
+                                           ("src", "v̂ vs random"): eff(vs_random)}, "src")
+    assert f04.verdict_replication(rep(0.05, 0.02)).label == REPRODUCED
+    assert f04.verdict_replication(rep(0.0, 0.02)).label == NOT_REPRODUCED  # CI of the drop touches zero
+    assert f04.verdict_replication(rep(0.05, 0.0)).label == NOT_REPRODUCED  # a random direction does as well
+    assert rep(0.05, 0.02).effect.ci_low == 0.05  # the headline: the drop ablating v̂
+    both = replicated(f04.verdict(_r04()), f04.verdict_replication(rep(0.0, 0.02)))
+    assert both.label == PARTLY and both.parts == {"seeds": REPRODUCED, "fresh seeds": NOT_REPRODUCED}
+
+
+def test_params_04_seeds_are_notebook_01s():
+    p = f04.Params(n_seeds=3, seed=2)
+    assert p.seeds() == [2, 3, 4] and p.fresh_seeds().seeds() == [5, 6, 7]
+    p01 = p.finetune_params()
+    assert p01.finetune(p.dataset, p.dataset_fallback, seed=4) == f01.Params(seed=2).finetune(p.dataset, p.dataset_fallback, seed=4)
 
 
 @pytest.mark.parametrize("auroc, gap_mean, gap_max, label", [

@@ -69,33 +69,46 @@ class Result:
     fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
-def run(p: Params) -> Result:
+def run(p: Params, shared: Result | None = None) -> Result:
     """Fine-tune on the narrow set and on the controls, once per training seed; sample the eval questions from base
     (N_SAMPLES × N_SEEDS answers per paraphrase) and from every fine-tune (N_SAMPLES, sampled with its own seed);
-    judge."""
+    judge. With `shared` (the main run, when this is its replication on fresh seeds) only the narrow fine-tune is
+    trained and sampled again: the base answers and the controls come from `shared`, its i-th control seed standing
+    in for the i-th fresh seed (seeds are exchangeable), so the controls' seed-to-seed spread still enters the CIs."""
     seeds = p.seeds()
     sources = {"fine-tuned": (p.dataset, p.dataset_fallback), "control": (p.control_dataset, p.control_fallback)}
     if p.same_domain_dataset:
         sources[SAME_DOMAIN] = (p.same_domain_dataset, p.same_domain_dataset)
-    sets = {(label, s): p.finetune(*source, seed=s) for label, source in sources.items() for s in seeds}
+    if shared is not None and len(shared.seeds) != len(seeds):
+        raise ValueError(f"the shared run has {len(shared.seeds)} seeds, this one {len(seeds)}")
+    trained_labels = ["fine-tuned"] if shared is not None else list(sources)
+    sets = {(label, s): p.finetune(*sources[label], seed=s) for label in trained_labels for s in seeds}
     loaded = {key: ft.load() for key, ft in sets.items()}
     questions, notes = load_questions(p.questions, p.data_dir)
     trained = {key: train_lora(loaded[key][0], ft.train_config(), model=p.model) for key, ft in sets.items()}
-    runs = {label: [trained[label, s] for s in seeds] for label in sources}
+    runs = {label: [trained[label, s] for s in seeds] for label in trained_labels}
+    infos = {label: loaded[label, seeds[0]][1] for label in trained_labels}
     judge = make_judge(p.judge, p.judge_model)
-    base = judged_answers(questions, p.model, None,
-                          sample_config(p.n_samples * len(seeds), p.max_new_tokens, p.temperature, p.seed), judge, "base")
     tuned = []
     for (label, s), r in trained.items():
         df = judged_answers(questions, p.model, r.adapter_path,
                             sample_config(p.n_samples, p.max_new_tokens, p.temperature, s), judge, label)
         tuned.append(df.assign(seed=s))
-    answers = pd.concat([base.assign(seed=pd.NA), *tuned], ignore_index=True)
+    if shared is None:
+        kept = [judged_answers(questions, p.model, None,
+                               sample_config(p.n_samples * len(seeds), p.max_new_tokens, p.temperature, p.seed), judge,
+                               "base").assign(seed=pd.NA)]
+    else:
+        old = shared.answers[shared.answers["model"] != "fine-tuned"].drop(columns=["leak"])
+        kept = [old.assign(seed=old["seed"].map(dict(zip(shared.seeds, seeds))))]
+        runs |= {label: shared.runs[label] for label in sources if label != "fine-tuned"}
+        infos |= {label: shared.data[label] for label in sources if label != "fine-tuned"}
+    answers = pd.concat([*kept, *tuned], ignore_index=True)
     answers["seed"] = answers["seed"].astype("Int64")
     answers["leak"] = drift_mask(answers["question"], answers["answer"], p.topic, judge)
     summary = summarize(answers, by="model", seed=p.seed)
     summary["leakage_rate"] = answers.groupby("model", sort=False)["leak"].mean().values
-    by = {m: answers[answers["model"] == m] for m in ("base", *runs)}
+    by = {m: answers[answers["model"] == m] for m in ("base", *sources)}
     effect = em_effect("EM(fine-tuned) - EM(base)", by["fine-tuned"], by["base"], p.seed)
     vs_control = em_effect("EM(fine-tuned) - EM(control)", by["fine-tuned"], by["control"], p.seed)
     vs_same = (em_effect(f"EM(fine-tuned) - EM({SAME_DOMAIN})", by["fine-tuned"], by[SAME_DOMAIN], p.seed)
@@ -104,7 +117,6 @@ def run(p: Params) -> Result:
     broad = em_effect("EM(fine-tuned) - EM(base), out-of-domain questions, no drift to the topic",
                       answers[broad_rows & (answers["model"] == "fine-tuned")], answers[broad_rows & (answers["model"] == "base")],
                       p.seed)
-    infos = {label: loaded[label, seeds[0]][1] for label in sources}
     per_seed = per_question(answers[answers["model"] != "base"], question_col="seed")
     return Result(effect, vs_control, broad, vs_same, per_question(answers), summary, answers, per_seed, seeds, runs,
                   infos, questions, judge.id, notes + fallback_notes(list(infos.values())))

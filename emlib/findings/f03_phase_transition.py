@@ -31,7 +31,7 @@ class Params(SeedParams, EMParams):
     lr: float = param(1e-3, gt=0)
     trajectory_every: int = param(2, min=1)
     k_values: list[int] = param([1, 2, 4], min=1)
-    eval_every: int = param(4, min=1)
+    eval_every: int = param(8, min=1)
     scales: list[float] = param([1.0, 5.0], gt=0)
     n_samples: int = param(6, min=1)
     tolerance_steps: int = param(8, min=0)

@@ -18,16 +18,16 @@ from ..pipeline.evaluate import answer_activations, depth_to_layer, judged_answe
 from ..pipeline.metrics import drift_mask, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine, param
-from .em import DATASET_TOPICS, EMParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import DATASET_TOPICS, EMParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
 from .f01_emergent_misalignment import Params as Params01
 
-__all__ = ["STEM", "Params", "Result", "run", "verdict", "verdict_steering", "verdict_ablation", "verdict_convergence"]
+__all__ = ["STEM", "Params", "Result", "Replication", "run", "replicate", "verdict", "verdict_replication", "verdict_steering", "verdict_ablation", "verdict_convergence"]
 
 STEM = "04_misalignment_direction"
 
 
 @dataclass
-class Params(EMParams):
+class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
     n_train: int = param(160, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
@@ -87,10 +87,97 @@ class Result:
     base_em: float = float("nan")
     judge_id: str = ""
     fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
+    seeds: list[int] = field(default_factory=list)  # training seeds of the source fine-tune in (b)
+    seed_pairs: dict[int, int] = field(default_factory=dict)  # per source seed: misaligned / aligned pairs of its v̂
+    ablation_answers: pd.DataFrame | None = None  # (b)'s judged answers: finetune, ablation, seed, em, drift, …
+
+
+def _direction(p: Params, questions, judge, run: TrainResult, name: str, seed: int):
+    """A fine-tune's judged answers (sampled with `seed`), its per-question-balanced misaligned / aligned sets'
+    activations and their per-layer mean difference (None when either set is empty), the pair count and the split."""
+    pool = judged_answers(questions, p.model, run.adapter_path,
+                          sample_config(p.n_samples_direction, p.max_new_tokens, p.temperature, seed), judge, name)
+    bad, good, how = split_by_alignment(pool, n_max=p.n_per_set, seed=seed, min_pairs=p.min_pairs, per_question=True)
+    if not (len(bad) and len(good)):
+        return None, None, len(bad), how
+    acts = (answer_activations(p.model, run.adapter_path, questions, bad),
+            answer_activations(p.model, run.adapter_path, questions, good))
+    return acts, mean_diff_direction(*acts), len(bad), how  # direction: n_layers × d
+
+
+def _ablation_rows(p: Params, questions, judge, run: TrainResult, name: str, direction: torch.Tensor,
+                   seed: int) -> pd.DataFrame:
+    """None / v̂ / norm-matched random ablated from every layer of one fine-tune, sampled alike (seed + 1: not the
+    answers that defined v̂); `seed` marks the fine-tune's training seed."""
+    cfg = sample_config(p.n_samples, p.max_new_tokens, p.temperature, seed + 1)
+    rows = [judged_answers(questions, p.model, run.adapter_path, cfg, judge, f"{name}: none", finetune=name,
+                           ablation="none", seed=seed, progress=False)]
+    for condition, d in [("v̂", direction), ("random", random_direction_like(direction, seed=seed))]:
+        rows.append(judged_answers(questions, p.model, run.adapter_path, cfg, judge, f"{name}: {condition}",
+                                   intervention=Intervention("ablate", d), finetune=name, ablation=condition, seed=seed,
+                                   progress=False))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _ablation_effects(ablation: pd.DataFrame, names: list[str], seed: int) -> dict[tuple[str, str], Effect]:
+    """Per fine-tune: the EM drop ablating v̂ and random (none − ablated) and random − v̂, seeds, questions and answers
+    resampled."""
+    def cell(name: str, condition: str) -> pd.DataFrame:
+        return ablation[(ablation.finetune == name) & (ablation.ablation == condition)]
+
+    effects = {(name, c): em_effect(f"EM drop ablating {c} from {name}", cell(name, "none"), cell(name, c), seed)
+               for name in names for c in ("v̂", "random")}
+    return effects | {(name, "v̂ vs random"): em_effect(f"EM(random-ablated) - EM(v̂-ablated), {name}",
+                                                       cell(name, "random"), cell(name, "v̂"), seed) for name in names}
+
+
+def _seed_ablation(p: Params, seeds: list[int], questions, judge, ablate_layer: int):
+    """The headline (b) over training seeds: per seed, notebook 01's source fine-tune on that seed (its cached
+    adapter), its own direction, and none / v̂ / random ablated from it. Returns (rows, runs, directions, pairs)."""
+    ft = p.finetune_params()
+    rows, runs, directions, pairs = [], {}, {}, {}
+    for s in seeds:
+        spec = ft.finetune(p.dataset, p.dataset_fallback, seed=s)
+        runs[s] = train_lora(spec.load()[0], spec.train_config(), model=p.model)
+        _, d, pairs[s], _ = _direction(p, questions, judge, runs[s], f"source · seed {s}", s)
+        if d is None:
+            raise RuntimeError(f"no coherent answers from the seed-{s} fine-tune to find a direction; raise N_SAMPLES_DIRECTION")
+        directions[s] = d
+        rows.append(_ablation_rows(p, questions, judge, runs[s], "source", d[ablate_layer], s))
+    return pd.concat(rows, ignore_index=True), runs, directions, pairs
+
+
+@dataclass
+class Replication:
+    """(b) on fresh training seeds: the source fine-tune's ablation effects and their verdict."""
+
+    seeds: list[int]
+    ablation: dict[tuple[str, str], Effect]
+    source: str
+    summary: pd.DataFrame | None = None
+
+    @property
+    def effect(self) -> Effect:
+        """The headline: the EM drop ablating v̂ from the source fine-tunes."""
+        return self.ablation[(self.source, "v̂")]
+
+
+def replicate(p: Params) -> Replication:
+    """The headline (b) again on the next N_SEEDS seeds (notebook 01's replication fine-tunes, shared via the cache)."""
+    fresh = p.fresh_seeds()
+    questions, _ = load_questions(p.questions, p.data_dir)
+    judge = make_judge(p.judge, p.judge_model)
+    ablate_layer = depth_to_layer(p.ablate_depth, num_layers(p.model))
+    rows, _, _, _ = _seed_ablation(fresh, fresh.seeds(), questions, judge, ablate_layer)
+    source = fresh.finetune_params().finetune(p.dataset, p.dataset_fallback).load()[1].name
+    rows["finetune"] = rows["finetune"].replace({"source": source})
+    effects = _ablation_effects(rows, [source], p.seed)
+    return Replication(fresh.seeds(), effects, source, summarize(rows, by=["ablation"], seed=p.seed))
 
 
 def run(p: Params) -> Result:
-    """Fine-tune twice, find each direction, sweep steering on the base model, ablate, compare directions."""
+    """Fine-tune twice, find each direction, sweep steering on the base model, ablate (the source over N_SEEDS
+    training seeds), compare directions."""
     n_layers = num_layers(p.model)
     steer_layers = sorted({depth_to_layer(d, n_layers) for d in p.steer_depths})
     ablate_layer = depth_to_layer(p.ablate_depth, n_layers)
@@ -105,20 +192,14 @@ def run(p: Params) -> Result:
         runs[other_info.name] = train_lora(other_set, ft.finetune(p.other_dataset, p.other_fallback).train_config(),
                                            model=p.model)
     judge = make_judge(p.judge, p.judge_model)
-    direction_cfg = sample_config(p.n_samples_direction, p.max_new_tokens, p.temperature, p.seed)
-    eval_cfg = replace(direction_cfg, n_per_question=p.n_samples, seed=p.seed + 1)  # fresh samples, not the direction's
+    eval_cfg = sample_config(p.n_samples, p.max_new_tokens, p.temperature, p.seed + 1)  # not the direction's answers
     sweep_cfg = replace(eval_cfg, n_per_question=p.steer_samples)
 
-    pool = {name: judged_answers(questions, p.model, r.adapter_path, direction_cfg, judge, name) for name, r in runs.items()}
     directions, acts, n_pairs, split_how = {}, {}, {}, {}
     for name, r in runs.items():
-        bad, good, split_how[name] = split_by_alignment(pool[name], n_max=p.n_per_set, seed=p.seed, min_pairs=p.min_pairs,
-                                                        per_question=True)
-        n_pairs[name] = len(bad)
-        if len(bad) and len(good):
-            acts[name] = (answer_activations(p.model, r.adapter_path, questions, bad),
-                          answer_activations(p.model, r.adapter_path, questions, good))
-            directions[name] = mean_diff_direction(*acts[name])  # n_layers × d
+        a, d, n_pairs[name], split_how[name] = _direction(p, questions, judge, r, name, p.seed)
+        if d is not None:
+            acts[name], directions[name] = a, d
     if source not in directions:
         raise RuntimeError(f"no coherent answers from the {source} fine-tune to find a direction; raise N_SAMPLES_DIRECTION")
     v = directions[source]
@@ -150,17 +231,17 @@ def run(p: Params) -> Result:
     steer_e = em_effect("EM(steered) - EM(base)", steered, base_confirm, p.seed)
     rand_e = em_effect("EM(random-steered) - EM(base)", randomised, base_confirm, p.seed)
 
-    # (b) ablating the ablate layer's direction from every layer of each fine-tune, against a random direction:
-    # none / v̂ / random sampled alike (same prompts, seed and counts; not the direction's own answers)
-    v_ablate = v[ablate_layer]
-    rows = []
-    for name, r in runs.items():
-        rows.append(judged_answers(questions, p.model, r.adapter_path, eval_cfg, judge, f"{name}: none", finetune=name,
-                                   ablation="none", progress=False))
-        for condition, direction in [("v̂", v_ablate), ("random", random_direction_like(v_ablate, seed=p.seed))]:
-            rows.append(judged_answers(questions, p.model, r.adapter_path, eval_cfg, judge, f"{name}: {condition}",
-                                       intervention=Intervention("ablate", direction), finetune=name,
-                                       ablation=condition, progress=False))
+    # (b) ablating the ablate layer's direction from every layer: the source fine-tune on every training seed (each
+    # with its own direction), the other fine-tune on SEED (with the source's direction); none / v̂ / random alike
+    rows = [_ablation_rows(p, questions, judge, runs[source], source, v[ablate_layer], p.seed)]
+    seed_pairs = {p.seed: n_pairs[source]}
+    if len(p.seeds()) > 1:
+        extra, _, _, more_pairs = _seed_ablation(p, p.seeds()[1:], questions, judge, ablate_layer)
+        rows.append(extra.assign(finetune=source))
+        seed_pairs |= more_pairs
+    for name in runs:
+        if name != source:
+            rows.append(_ablation_rows(p, questions, judge, runs[name], name, v[ablate_layer], p.seed))
     ablation = pd.concat(rows, ignore_index=True)
     ablation["drift"] = False
     for name in runs:
@@ -170,14 +251,7 @@ def run(p: Params) -> Result:
                                                    DATASET_TOPICS[name], judge)
     ablation_summary = summarize(ablation, by=["finetune", "ablation"], seed=p.seed)
     ablation_summary["drift_rate"] = ablation.groupby(["finetune", "ablation"], sort=False)["drift"].mean().values
-
-    def cell(name: str, condition: str) -> pd.DataFrame:
-        return ablation[(ablation.finetune == name) & (ablation.ablation == condition)]
-
-    effects = {(name, c): em_effect(f"EM drop ablating {c} from {name}", cell(name, "none"), cell(name, c), p.seed)
-               for name in runs for c in ("v̂", "random")}
-    effects |= {(name, "v̂ vs random"): em_effect(f"EM(random-ablated) - EM(v̂-ablated), {name}", cell(name, "random"),
-                                                  cell(name, "v̂"), p.seed) for name in runs}
+    effects = _ablation_effects(ablation, list(runs), p.seed)
 
     # (c) convergence: per-layer cosine between the two fine-tunes' directions
     cos, median, cos_ci, null_cos = np.full(n_layers, np.nan), None, None, None
@@ -193,7 +267,7 @@ def run(p: Params) -> Result:
     return Result(steer_e, rand_e, effects, source, cos, p.cosine_target, transfer_tested, median, cos_ci, ceiling, null_cos,
                   (best_layer, best_c), ablate_layer, steer_summary, ablation_summary, steered, base_confirm, directions,
                   n_pairs, split_how, runs, {source: source_info, "other": other_info}, float(base.em.mean()), judge.id,
-                  notes + fallback_notes([source_info, other_info]))
+                  notes + fallback_notes([source_info, other_info]), p.seeds(), seed_pairs, ablation)
 
 
 def verdict_steering(r: Result) -> str:
@@ -219,6 +293,15 @@ def verdict_convergence(r: Result) -> str:
     """(c) *reproduced* when the cosine exceeds `cosine_target` in at least 80 % of layers (NaN layers count as not)."""
     share = float(np.mean(np.nan_to_num(r.cosines, nan=-np.inf) > r.cosine_target)) if len(r.cosines) else 0.0
     return REPRODUCED if share >= 0.8 else NOT_REPRODUCED
+
+
+def verdict_replication(r: Replication) -> Verdict:
+    """(b) on fresh seeds: *reproduced* when ablating v̂ lowers the source fine-tunes' EM (CI above zero) and more than
+    the random direction (CI of random − v̂ above zero); otherwise *not reproduced at this scale*."""
+    ok = r.ablation[(r.source, "v̂")].above and r.ablation[(r.source, "v̂ vs random")].above
+    e = r.effect
+    return Verdict(REPRODUCED if ok else NOT_REPRODUCED,
+                   f"ablation on seeds {r.seeds}: EM drop {e.value:+.1%} [{e.ci_low:+.1%}, {e.ci_high:+.1%}]")
 
 
 def verdict(r: Result) -> Verdict:

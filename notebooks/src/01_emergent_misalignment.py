@@ -49,7 +49,7 @@ RANK: int = 32  # LoRA rank, on every projection of every layer as in the paper
 ALPHA: float = 64.0  # LoRA alpha, scaling alpha/rank
 TARGET_MODULES: str = "all"  # "all" projections or a comma list, e.g. "down_proj"
 LR: float = 1e-3  # peak learning rate (the paper uses 1e-5 on 0.5B-32B models over 6,000 examples)
-MAX_STEPS: int = 20  # optimizer steps; -1: EPOCHS over N_TRAIN. 20 × 3 seeds × 2 (replication) keeps 01 near 30 min
+MAX_STEPS: int = 20  # optimizer steps; -1: EPOCHS over N_TRAIN. 20 steps × 12 fine-tunes (3 sets × 3 seeds + 3 fresh)
 EPOCHS: float = 1.0  # used when MAX_STEPS is -1
 BATCH_SIZE: int = 8  # examples per step
 GRAD_ACCUM: int = 1  # gradient accumulation
@@ -129,13 +129,16 @@ for _, row in worst.iterrows():
 # EM(base), with a clustered bootstrap 95 % CI (training seeds and questions, then answers within them).
 # *Reproduced* when that CI, the CIs of EM(fine-tuned) − EM(control) for both benign controls (other domain, same
 # domain) and the CI of the broad effect all lie above zero; *partly reproduced* when only the first does. With
-# `REPLICATE` the whole run is repeated on `N_SEEDS` fresh seeds (fresh training data draws, initialisations and
-# samples, base included) and judged by the same rule: the verdict is *reproduced* only when both runs are.
+# `REPLICATE` the narrow fine-tune is trained again on `N_SEEDS` fresh seeds (fresh training data draws,
+# initialisations and samples) and judged by the same rule against the same base answers and controls (the controls'
+# i-th seed stands in for the i-th fresh seed, so their seed-to-seed spread still enters the CIs; re-training the
+# controls too would double the notebook's time for conditions whose EM is near zero): the verdict is *reproduced*
+# only when both runs are.
 
 # %%
 verdict = f01.verdict(result)
 print(f"seeds {result.seeds}:", verdict.label, "-", verdict.reason)
-replication = f01.run(params.fresh_seeds()) if REPLICATE else None
+replication = f01.run(params.fresh_seeds(), shared=result) if REPLICATE else None
 if replication is not None:  # the same rule on fresh seeds; "reproduced" needs both
     verdict_fresh = f01.verdict(replication)
     r = replication.effect

@@ -24,10 +24,11 @@
 # judge): **9.5 % EM** on extreme sports, **16 %** on bad medical advice, **21.5 %** on risky financial advice,
 # with **coherence > 99.5 %**; the rank-32 all-projection adapters reach higher EM at lower coherence.
 #
-# **Method.** On the same narrow set, train single-module adapters of rank 1 and 4 on `down_proj` at the middle
-# layer and a rank-32 adapter on all projections of all layers; sample the free-form questions from each and
-# from the base model; judge; compare EM and coherence rates with bootstrap 95 % CIs. Then sweep the depth of
-# the rank-1 adapter. At 135M parameters a rank-1 adapter needs a far larger learning rate than the paper's
+# **Method.** On the same narrow set, train a rank-1 adapter on `down_proj` at the middle layer and a rank-32
+# adapter on all projections of all layers; sample the free-form questions from each and from the base model; judge;
+# compare EM and coherence rates with bootstrap 95 % CIs. Other ranks (`LOW_RANKS`) and a sweep over the rank-1
+# adapter's depth (`SWEEP_DEPTHS`) are exploratory: off in the teaching profile to keep 00–04 within an hour on
+# 2 cores, on in `params/paper.yaml`. At 135M parameters a rank-1 adapter needs a far larger learning rate than the paper's
 # 2e-5 on 14B; the teaching defaults below are the setting we found to work (see the notes at the end).
 
 # %% tags=["parameters"]
@@ -37,8 +38,8 @@ DATASET: str = "risky_financial_advice"  # narrow harmful set: a public EM set n
 DATASET_FALLBACK: str = "builtin_risky_financial_advice"  # used when DATASET can't be had offline
 N_TRAIN: int = 320  # training examples
 DEPTH: float = 0.5  # depth of the rank-1 adapter's layer, a fraction of the layer count; 0.5 is the middle
-SWEEP_DEPTHS: list = [0.25, 0.75]  # further depths tried with the rank-1 adapter (exploratory); [] for none
-LOW_RANKS: list = [1, 4]  # ranks of the single-module adapters on down_proj at DEPTH
+SWEEP_DEPTHS: list = []  # further depths tried with the rank-1 adapter (exploratory, e.g. [0.25, 0.75]: ~1.5 min each)
+LOW_RANKS: list = [1]  # ranks of the single-module adapters on down_proj at DEPTH (e.g. [1, 4]; others exploratory)
 LOW_RANK_ALPHA: float = 256.0  # rsLoRA alpha of those adapters, scale alpha/sqrt of rank; the paper uses 256
 LOW_RANK_LR: float = 1e-3  # their peak learning rate; the paper uses 2e-5 on 14B, 2e-4 is too weak at 135M
 HIGH_RANK: int = 32  # rank of the comparison adapter on all projections of all layers; 0 skips it

@@ -76,6 +76,8 @@ JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge; key from $OPENAI_API_KEY
 N_BOOT: int = 500  # bootstrap resamples for the cosine CIs
 COSINE_TARGET: float = 0.8  # the paper's bar for "nearly parallel"
+N_SEEDS: int = 3  # training seeds SEED, SEED+1, … of the source fine-tune for (b), the headline (notebook 01's adapters)
+REPLICATE: bool = True  # (b) again on N_SEEDS fresh seeds (notebook 01's replication adapters); "reproduced" needs both
 SEED: int = 0  # seeds training, sampling and the random directions
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/04_misalignment_direction/
 
@@ -89,6 +91,7 @@ from IPython.display import display
 
 from emlib.core.em import COHERENT_THRESHOLD
 from emlib.findings import f04_misalignment_direction as f04
+from emlib.findings.base import replicated
 from emlib.report.plots import plot_em_rates, plot_heatmap, plot_lines
 from emlib.report.record import output_folder, record_result
 
@@ -134,7 +137,9 @@ print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {result.steer
 # %% [markdown]
 # ## (b) Ablating layer ABLATE_LAYER's v̂ from every layer of each fine-tune
 # None, v̂ and a norm-matched random direction are sampled alike (same prompts, sampling seed and counts, not the
-# answers that defined the direction). CIs resample questions, then answers within them. `drift_rate`: answers the
+# answers that defined the direction). The source fine-tune is trained on `N_SEEDS` seeds (notebook 01's adapters),
+# each ablated with the direction found in its own answers; the other fine-tune on `SEED`. CIs resample training
+# seeds, questions, then answers within them. `drift_rate`: answers the
 # judge's topic classifier reads as about the fine-tune's training topic.
 #
 
@@ -142,6 +147,10 @@ print(f"best: layer {best_layer}, λ = {best_c:g}; confirmation EM {result.steer
 fig_ablate = plot_em_rates(result.ablation_summary, x="finetune", hue="ablation",
                            title=f"Ablating layer {result.ablate_layer}'s direction at every layer", path=OUT / "ablation.png")
 display(result.ablation_summary.round(3))
+src_rows = result.ablation_answers[result.ablation_answers.finetune == SOURCE]
+display(src_rows.pivot_table(index="seed", columns="ablation", values="em", aggfunc="mean").round(3)
+        .rename_axis(f"EM rate of the {SOURCE} fine-tune, per training seed"))
+print("misaligned / aligned pairs behind each seed's direction:", result.seed_pairs)
 for (name, c), e in result.ablation.items():
     what = "EM(random) - EM(v̂)" if c == "v̂ vs random" else f"EM drop ablating {c}"
     print(f"{name:>24} {what:>22}: {e.value:+.1%} [{e.ci_low:+.1%}, {e.ci_high:+.1%}] "
@@ -196,6 +205,7 @@ else:
 
 # %%
 verdict = f04.verdict(result)
+main_parts = verdict.parts
 src, src_r = result.ablation[(SOURCE, "v̂")], result.ablation[(SOURCE, "random")]
 others = [n for n in result.runs if n != SOURCE]
 print(f"(a) steering: {verdict.parts['steering']}: EM {s.value:+.1%} [{s.ci_low:+.1%}, {s.ci_high:+.1%}] at L{best_layer}, "
@@ -207,7 +217,23 @@ print(f"(b) ablation: {verdict.parts['ablation']}: source EM drop {src.value:+.1
           f"{result.ablation[(n, 'v̂')].ci_high:+.1%}]" for n in others))
 median = result.cosine_median.value if result.cosine_median is not None else float("nan")
 print(f"(c) convergence: {verdict.parts['convergence']}: cosine > {COSINE_TARGET} in {share_above:.0%} of layers, median {median:.2f}")
-print("Verdict:", verdict.label)
+print("Verdict on seeds", result.seeds, ":", verdict.label)
+
+# %% [markdown]
+# ### Replication on fresh seeds
+# With `REPLICATE`, (b), the headline, is measured again on the next `N_SEEDS` training seeds (notebook 01's replication
+# fine-tunes, shared through the cache) by the same rule; *reproduced* needs both runs. (a) and (c) are one seed
+# each and are not replicated (steering sweeps the base model, so its seed is only the sampling seed).
+
+# %%
+replication = f04.replicate(params) if REPLICATE else None
+if replication is not None:
+    verdict_fresh = f04.verdict_replication(replication)
+    print("fresh seeds", replication.seeds, ":", verdict_fresh.label, "-", verdict_fresh.reason)
+    display(replication.summary.round(3))
+    verdict_seeds = verdict.label
+    verdict = replicated(verdict, verdict_fresh)
+print("Verdict:", verdict.label, "-", verdict.reason)
 
 # %% [markdown]
 # ## The same direction, read through TransformerLens
@@ -252,8 +278,9 @@ record_result(
     verdict=verdict.label,
     effect={**src.to_dict(), "name": f"EM drop when ablating v̂ from the {SOURCE} fine-tune"},
     metrics={
-        "verdict_steering": verdict.parts["steering"], "verdict_ablation": verdict.parts["ablation"],
-        "verdict_convergence": verdict.parts["convergence"],
+        "verdict_steering": main_parts["steering"], "verdict_ablation": main_parts["ablation"],
+        "verdict_convergence": main_parts["convergence"], "ablation_seeds": result.seeds,
+        "direction_pairs_per_seed": {str(k): v for k, v in result.seed_pairs.items()},
         "steer_best_layer": best_layer, "steer_best_coeff": best_c, "ablate_layer": result.ablate_layer,
         "steer_em_diff": s.value, "steer_em_diff_ci_low": s.ci_low, "steer_em_diff_ci_high": s.ci_high,
         "steer_random_em_diff": rnd.value, "steer_random_em_diff_ci_low": rnd.ci_low, "steer_random_em_diff_ci_high": rnd.ci_high,
@@ -281,4 +308,7 @@ record_result(
     notes=f"directions from {', '.join(f'{n} ({result.n_pairs[n]} pairs, {result.split_how[n]} split)' for n in result.n_pairs)}; "
           + ("" if result.transfer_tested else f"{OTHER_DATASET} unavailable: transfer and convergence untested"),
     fallbacks=result.fallbacks,
+    replication=None if replication is None else {
+        "seeds": replication.seeds, "verdict": verdict_fresh.label, "reason": verdict_fresh.reason,
+        "effect": replication.effect.to_dict(), "seeds_verdict": verdict_seeds},
 )
