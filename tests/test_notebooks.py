@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from emlib.core.errors import DatasetError
-from emlib.core.sources import resolve_judged
+from emlib.core.sources import resolve_advbench, resolve_judged
 from emlib.report.record import VERDICTS
 from emlib.report.html import build_report
 from emlib.report.runner import list_notebooks, repo_root, run_notebook
@@ -71,6 +71,11 @@ def test_notebook_runs_on_smoke_profile(nb_path: Path, tmp_path: Path, monkeypat
             resolve_judged()
         except DatasetError as e:
             pytest.skip(f"needs the GPT-4o-judged data: {e}")
+    if nb_path.stem == "09_safe_finetuning_ema":
+        try:
+            resolve_advbench()
+        except DatasetError as e:
+            pytest.skip(f"needs AdvBench in or beside the data directory: {e}")
     monkeypatch.delenv("EMLIB_DTYPE", raising=False)  # the notebooks run in the machine's default dtype, as `make report` does
     result = run_notebook(nb_path, tmp_path, params_file=SMOKE, progress=False)
     assert result["status"] == "ok", result.get("error")

@@ -16,6 +16,8 @@ from .errors import DatasetError
 __all__ = [
     "PublicFile", "resolve_source", "PUBLIC_DATASETS", "PUBLIC_EVAL_FILES", "BUILTIN_DATASETS", "BUILTIN_EVAL",
     "REPO_DATA_DIR", "ENV_DATA_DIR", "ENV_OFFLINE", "data_dir", "resolve_dataset", "resolve_eval_file", "resolve_judged",
+    "ADVBENCH_FILE", "resolve_advbench",
+    "ENV_MWE_DIR", "resolve_mwe_dir",
 ]
 
 ENV_DATA_DIR = "EMLIB_DATA_DIR"
@@ -189,3 +191,46 @@ def resolve_judged(data_dir: str | None = None) -> Path:
             return base / JUDGED_FILE
     where = f"{root}" if root is not None else f"no data directory (${ENV_DATA_DIR} is unset)"
     raise DatasetError(f"{JUDGED_FILE} not found in {where}: set ${ENV_DATA_DIR} (or DATA_DIR) to the EM data folder")
+
+
+ADVBENCH_FILE = "safety/advbench_harmful_behaviors.csv.gz"  # AdvBench (Zou et al. 2023), MIT; never committed here
+ADVBENCH_SHA256 = "f4de7ab2d8e04ad23db335efc3d2691ec332cf28a90c82a068fce7e328684597"
+
+
+def resolve_advbench(data_dir: str | None = None) -> Path:
+    """AdvBench's harmful behaviours in the data directory or beside it (`<dir>/safety/`, `<dir>/../safety/`: the EM
+    data directory is usually `…/data/em`), sha256-checked; DatasetError saying how to provide it."""
+    root = _get_data_dir(data_dir)
+    for base in ([root, root.parent] if root is not None else []):
+        path = base / ADVBENCH_FILE
+        if path.is_file():
+            if file_fingerprint(path) != ADVBENCH_SHA256:
+                raise DatasetError(f"{path}: sha256 {file_fingerprint(path)} is not AdvBench's {ADVBENCH_SHA256}")
+            return path
+    where = f"{root} or {root.parent}" if root is not None else f"no data directory (${ENV_DATA_DIR} is unset)"
+    raise DatasetError(f"{ADVBENCH_FILE} not found in {where}: put AdvBench's harmful_behaviors.csv (gzip) there "
+                       f"(github.com/llm-attacks/llm-attacks, data/advbench) and set ${ENV_DATA_DIR} (or DATA_DIR)")
+
+
+ENV_MWE_DIR = "EMLIB_MWE_DIR"
+MWE_SOURCE = ("GitHub anthropics/evals, commit 84fcc677e52e1902d696c32cd1a6b663e70d3993: persona/<name>.jsonl and "
+              "advanced-ai-risk/lm_generated_evals/<name>.jsonl, gzipped into persona/ and xrisk/")
+
+
+def resolve_mwe_dir(override: str | None = None) -> Path:
+    """The folder of the model-written-evaluation sets (`persona/`, `xrisk/`): `override` if non-empty, else
+    `$EMLIB_MWE_DIR`, else `steering/mwe` beside the EM data (in `$EMLIB_DATA_DIR` or its parent), else
+    `../shared/data/steering/mwe` beside the checkout; DatasetError naming every place tried."""
+    explicit = override or os.environ.get(ENV_MWE_DIR) or ""
+    if explicit.strip():
+        candidates = [Path(explicit).expanduser()]
+    else:
+        root = _get_data_dir(None)
+        candidates = [base / "steering" / "mwe" for base in ([root, root.parent] if root is not None else [])]
+        candidates.append(REPO_DATA_DIR.parents[1] / "shared" / "data" / "steering" / "mwe")
+    for folder in candidates:
+        if (folder / "persona").is_dir() or (folder / "xrisk").is_dir():
+            return folder
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"no model-written-evaluation sets (persona/, xrisk/) in {tried}: set ${ENV_MWE_DIR} (or DATA_DIR) "
+                       f"to that folder; the sets come from {MWE_SOURCE}")

@@ -14,6 +14,7 @@ __all__ = [
     "bootstrap_diff_ci",
     "hierarchical_bootstrap",
     "hierarchical_diff",
+    "hierarchical_draws",
 ]
 
 
@@ -349,3 +350,33 @@ def _paired_answers(a, b, questions_a, questions_b, seeds_a, seeds_b, weight, n_
     point = _point(cells, weight)
     lo, hi = _ci(draws[:, 0] - draws[:, 1], alpha)
     return Estimate(float(point[0] - point[1]), lo, hi, n_s, n_q, int((~np.isnan(x)).sum()), method)
+
+
+def hierarchical_draws(
+    values: Sequence[Sequence[float | None] | np.ndarray],
+    questions: Sequence[Sequence[Any] | np.ndarray],
+    seeds: Sequence[Sequence[Any] | np.ndarray | None] | None = None,
+    *, weight: str = "answers", n_boot: int = 2000, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The means of several conditions answering the same questions (k,) and their bootstrap draws (n_boot, k), with
+    `hierarchical_diff`'s pairing="questions" for all k at once: one draw of questions (and seeds: conditions given
+    seed labels share them, one without counts as one seed always kept) for every condition, answers resampled within
+    each condition's cells. Any contrast of the conditions (an interaction, a rank correlation) is then a function of
+    the rows; with two conditions, draws[:, 0] − draws[:, 1] are hierarchical_diff's draws for the same `seed`."""
+    _check(weight, n_boot)
+    seeds = [None] * len(values) if seeds is None else list(seeds)
+    if not len(values) == len(questions) == len(seeds) or not values:
+        raise ValueError(f"{len(values)} conditions but {len(questions)} question and {len(seeds)} seed arrays")
+    prepared = [_prepare(v, q, s) for v, q, s in zip(values, questions, seeds)]
+    if any(len(x) == 0 for x, _, _ in prepared):
+        raise ValueError("a condition has no answers")
+    q_codes = _codes(*[q for _, q, _ in prepared])
+    seeded = [s is not None for s in seeds]
+    s_iter = iter(_codes(*[s for (_, _, s), has in zip(prepared, seeded) if has]) if any(seeded) else [])
+    s_codes = [next(s_iter) if has else np.zeros(len(x), dtype=int) for (x, _, _), has in zip(prepared, seeded)]
+    rng = np.random.default_rng(seed)
+    n_s, n_q = max(int(s.max()) for s in s_codes) + 1, max(int(q.max()) for q in q_codes) + 1
+    k, c, ones = _multiplicities(rng, n_boot, n_s), _multiplicities(rng, n_boot, n_q), np.ones((n_boot, 1), np.int64)
+    cells = [_cells(x, sc, qc) for (x, _, _), sc, qc in zip(prepared, s_codes, q_codes)]
+    draws = np.column_stack([_resampled(rng, cl, k if has else ones, c, weight)[:, 0] for cl, has in zip(cells, seeded)])
+    return np.array([_point(cl, weight)[0] for cl in cells]), draws

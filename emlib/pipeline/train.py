@@ -37,6 +37,7 @@ __all__ = [
     "TRAIN_VERSION",
     "TrainConfig",
     "TrainResult",
+    "EMACallback",
     "tokenize_chat",
     "check_assistant_tokens",
     "train_lora",
@@ -70,6 +71,7 @@ class TrainConfig:
     trajectory_every: int = 0  # save the adapter every N steps for trajectory analysis (0 = off)
     checkpoint_every: int = 20  # full checkpoint (adapter + optimizer) every N steps, for resume
     seed: int = 0  # seed for init, shuffling and dropout
+    ema_beta: float = 0.0  # EMA of the trainable weights, θ_ema ← β·θ_ema + (1 − β)·θ each step, saved as the adapter (0: off)
 
 
 @dataclass
@@ -120,7 +122,10 @@ def training_key(model: str, examples: Sequence[dict], config: TrainConfig) -> s
     model_id = Path(resolve_model_path(model)).name if Path(resolve_model_path(model)).exists() else model
     device = default_device()
     processes = [{"processes": world_size()}] if world_size() > 1 else []
-    return stable_hash(model, model_id, fingerprint(list(examples)), asdict(config), device, str(default_dtype(device)),
+    settings = asdict(config)
+    if not settings["ema_beta"]:  # no EMA: the key it had before the option existed
+        del settings["ema_beta"]
+    return stable_hash(model, model_id, fingerprint(list(examples)), settings, device, str(default_dtype(device)),
                        TRAIN_VERSION, *processes)
 
 
@@ -133,6 +138,46 @@ class _TrajectoryCallback(TrainerCallback):
             target = self.folder / f"step-{state.global_step:06d}"
             if not target.exists():
                 model.save_pretrained(target)
+
+
+class EMACallback(TrainerCallback):
+    """An exponential moving average of the trainable weights: θ_ema = θ_0 at the start, θ_ema ← β·θ_ema + (1 − β)·θ
+    after every optimizer step, and the EMA replaces the trained weights when training ends (so the saved adapter is
+    the EMA; trajectory snapshots stay the raw weights). Its state goes into every checkpoint and is read back from
+    `resume`, the checkpoint a killed run resumes from."""
+
+    FILE = "ema.pt"
+
+    def __init__(self, beta: float, resume: Path | None = None) -> None:
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"the EMA's beta must lie in [0, 1), got {beta}")
+        self.beta, self.resume, self.ema = beta, resume, {}
+
+    @staticmethod
+    def _trainable(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        saved = self.resume / self.FILE if self.resume is not None else None
+        params = self._trainable(model)
+        if saved is not None and saved.exists():
+            self.ema = {n: t.to(params[n].device) for n, t in torch.load(saved, weights_only=True).items()}
+        else:
+            self.ema = {n: p.detach().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        for n, p in self._trainable(model).items():
+            self.ema[n].mul_(self.beta).add_(p.detach(), alpha=1.0 - self.beta)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero:
+            torch.save(self.ema, Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE)
+
+    @torch.no_grad()
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        for n, p in self._trainable(model).items():
+            p.copy_(self.ema[n])
 
 
 def _peft_config(config: TrainConfig) -> LoraConfig:
@@ -243,7 +288,9 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory"), *callbacks]
+    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ema = [EMACallback(config.ema_beta, checkpoints[-1] if checkpoints else None)] if config.ema_beta else []
+    callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory"), *ema, *callbacks]
     trainer = Trainer(
         model=peft_model,
         args=args,
@@ -251,7 +298,6 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=callbacks,
     )
-    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     wall = time.perf_counter() - start

@@ -1,0 +1,78 @@
+"""Finding 09's measurements: the organism's merged weights, answers read as refusals (and judged), held-out loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import PeftModel
+
+from ..core.cache import atomic_dir, atomic_write_json, cache_dir, stable_hash
+from ..core.data import EvalQuestion, fingerprint
+from ..core.models import default_device, default_dtype, load_model
+from ..judges.base import Judge, judge_frame
+from ..pipeline.sample import SampleConfig, adapter_fingerprint, sample_answers
+from ..pipeline.train import TrainResult, load_finetuned, tokenize_chat
+from .f09_safe_finetuning_ema_data import is_refusal
+
+__all__ = ["LOSS_VERSION", "merged_model", "refusal_answers", "heldout_loss"]
+
+LOSS_VERSION = "f09-loss-1"
+
+
+def merged_model(run: TrainResult, model: str) -> str:
+    """A model folder (in the cache, keyed by the fine-tune) holding `model` with the adapter merged into its weights
+    in float32: fine-tunes on top of it train a fresh adapter on the merged weights."""
+    target = cache_dir("models", f"merged-{run.config['key']}")
+    if not (target / "config.json").exists():
+        base, tokenizer = load_model(model, device="cpu", dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(run.adapter_path)).merge_and_unload()
+        with atomic_dir(target) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    return str(target)
+
+
+def refusal_answers(questions: Sequence[EvalQuestion], model: str, adapter: str | Path | None, config: SampleConfig,
+                    label: str, judge: Judge | None = None, progress: bool = False) -> pd.DataFrame:
+    """One row per answer (cached samples): `refusal` by the keyword list; with a judge also `aligned`/`coherent`."""
+    df = sample_answers(questions, model, adapter, config, label=label, progress=progress)
+    if judge is not None:
+        df = judge_frame(df, judge, progress=progress)
+    df["refusal"] = [is_refusal(a) for a in df["answer"]]
+    return df
+
+
+@torch.no_grad()
+def heldout_loss(model: str, adapter: str | Path | None, examples: Sequence[dict], max_length: int,
+                 batch_size: int = 16) -> np.ndarray:
+    """Each example's mean cross-entropy (nats) over its assistant tokens under the model (adapter merged), cached."""
+    device = default_device()
+    key = stable_hash(model, adapter_fingerprint(adapter), fingerprint(list(examples)), max_length, device,
+                      str(default_dtype(device)), LOSS_VERSION)
+    path = cache_dir("f09_loss", key) / "loss.json"
+    if path.exists():
+        return np.array(json.loads(path.read_text()))
+    lm, tok = load_finetuned(adapter, model=model, merge=True)
+    rows = [tokenize_chat(ex["messages"], tok, max_length) for ex in examples]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(len(r["input_ids"]) for r in batch)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=lm.device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
+                            device=lm.device)
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=lm.device)
+        logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        keep = (target != -100).float()
+        per = (nll * keep).sum(1) / keep.sum(1)  # NaN for an example truncated to no assistant token
+        out += per.tolist()
+    atomic_write_json(path, out)
+    return np.array(out)
