@@ -216,3 +216,81 @@ def test_peak_step():
         peak_step(steps, [float("nan")] * 5)
     with pytest.raises(ValueError, match="5 steps but 4"):
         peak_step(steps, [1.0] * 4)
+
+
+# ---------------------------------------------------------------- LoRA scalars and per-module scaling
+
+
+def test_record_lora_scalars_equal_x_times_a(peft_model, ids):
+    from emlib.interp.lora import record_lora_scalars
+
+    inputs = {}
+    layers = {f"model.layers.{i}.{part}.{kind}": getattr(getattr(peft_model.base_model.model.model.layers[i], part), kind)
+              for i in range(2) for part, kind in (("self_attn", "q_proj"), ("mlp", "down_proj"))}
+    handles = [m.register_forward_pre_hook(lambda mod, args, key=k: inputs.__setitem__(key, args[0].detach()))
+               for k, m in layers.items()]
+    with record_lora_scalars(peft_model) as rec:
+        _logits(peft_model, ids)
+        _logits(peft_model, ids[:1])
+    for h in handles:
+        h.remove()
+    assert set(rec) == set(layers)
+    for name, m in layers.items():
+        a = m.lora_A["default"].weight.detach()
+        assert len(rec[name]) == 2 and rec[name][0].shape == (2, 6, 1)  # one entry per pass, batch × seq × rank
+        torch.testing.assert_close(rec[name][1], inputs[name] @ a.T, rtol=1e-5, atol=1e-6)  # by hand: x @ A.T
+    with record_lora_scalars(peft_model) as rec:
+        pass
+    _logits(peft_model, ids)  # hooks are gone after exit
+    assert all(not v for v in rec.values())
+    with pytest.raises(ValueError, match="no LoRA"):
+        with record_lora_scalars(tiny_llama()):
+            pass
+
+
+def test_record_lora_scalars_rank_and_merged_refused():
+    from emlib.interp.lora import record_lora_scalars
+
+    model = _tiny_lora(["down_proj"], layers=[1], rank=3)
+    x = torch.randint(0, 128, (1, 4))
+    with record_lora_scalars(model) as rec:
+        _logits(model, x)
+    assert list(rec) == ["model.layers.1.mlp.down_proj"] and rec["model.layers.1.mlp.down_proj"][0].shape == (1, 4, 3)
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="merged"):
+        with record_lora_scalars(model):
+            pass
+
+
+def test_save_scaled_adapter_scales_each_module(tmp_path, peft_model, ids):
+    from peft import PeftModel
+
+    from emlib.interp.lora import save_scaled_adapter
+
+    peft_model.save_pretrained(tmp_path / "orig")
+    base_state = {k: v.clone() for k, v in peft_model.get_base_model().state_dict().items() if "lora_" not in k}
+    original = read_adapter(tmp_path / "orig")
+    scales = {"model.layers.0.mlp.down_proj": 3.0, "model.layers.1.self_attn.q_proj": -2.0}
+    out = save_scaled_adapter(tmp_path / "orig", tmp_path / "scaled", scales, default=0.0)
+    scaled = read_adapter(out)
+    for module, ab in original.items():
+        torch.testing.assert_close(scaled[module]["A"], ab["A"], rtol=0, atol=0)  # A (and so the scalar) unchanged
+        torch.testing.assert_close(scaled[module]["B"], ab["B"] * scales.get(module, 0.0), rtol=0, atol=0)
+
+    def load(folder):
+        torch.manual_seed(0)
+        base = tiny_llama()
+        base.load_state_dict({k.replace("base_layer.", ""): v for k, v in base_state.items()}, strict=False)
+        return PeftModel.from_pretrained(base, str(folder)).eval()
+
+    with torch.no_grad():  # the same delta by hand: layer 0's down_proj at ×3, everything else of layer 0 zeroed
+        layer = load(out).base_model.model.model.layers[0].mlp.down_proj
+        x = torch.randn(2, 3, 64)
+        a, b = original["model.layers.0.mlp.down_proj"]["A"], original["model.layers.0.mlp.down_proj"]["B"]
+        torch.testing.assert_close(layer(x), layer.base_layer(x) + 3.0 * (x @ a.T @ b.T) * layer.scaling["default"],
+                                   rtol=1e-5, atol=1e-5)
+    same = save_scaled_adapter(tmp_path / "orig", tmp_path / "same", {})
+    torch.testing.assert_close(_logits(load(same), ids), _logits(load(tmp_path / "orig"), ids), rtol=0, atol=0)
+    torch.testing.assert_close(_logits(load(same), ids), _logits(peft_model, ids), rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyError, match="not in"):
+        save_scaled_adapter(tmp_path / "orig", tmp_path / "bad", {"model.layers.7.mlp.down_proj": 1.0})

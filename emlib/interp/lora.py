@@ -6,11 +6,11 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "random_walk_like",
     "trajectory_shape",
     "scale_adapter",
+    "record_lora_scalars",
+    "save_scaled_adapter",
 ]
 
 PathLike = str | os.PathLike
@@ -201,3 +203,53 @@ def trajectory_shape(traj: np.ndarray, steps: Sequence[int] | np.ndarray, k: int
     _, ratio = pca(traj, 2)
     return {"pc12": float(ratio.sum()), "peak_local_cos": float(np.nanmax(local)),
             "peak_step": peak_step(steps, local)}
+
+
+@contextlib.contextmanager
+def record_lora_scalars(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Yield {module name: [A·x of each forward pass (batch × seq × rank)]} for every LoRA layer of a model with one
+    active adapter: the adapter's hidden state before B (a rank-1 adapter's scalar per token); hooks removed on exit."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [(name.removeprefix(_PREFIX), m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        raise ValueError("the model has no LoRA layers")
+    if any(getattr(m, "merged", False) for _, m in layers):
+        raise ValueError("LoRA layers merged into the weights compute no A·x: load the adapter unmerged")
+    store: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+    handles = []
+    try:
+        for name, m in layers:
+            active = [a for a in m.active_adapters if a in m.lora_A]
+            if len(active) != 1:
+                raise ValueError(f"{name} has {len(active)} active LoRA adapters; record_lora_scalars needs one")
+            handles.append(m.lora_A[active[0]].register_forward_hook(
+                lambda mod, args, out, key=name: store[key].append(out.detach())))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def save_scaled_adapter(path: PathLike, out: PathLike, scales: Mapping[str, float], default: float = 1.0) -> Path:
+    """A copy of a saved adapter in folder `out` whose modules' contributions are multiplied by `scales[module]` (their
+    B scaled; `default` for modules not named, 0 zeroes them); a name the adapter lacks is an error. Returns `out`."""
+    src = _adapter_file(path)
+    known = set(read_adapter(src))
+    unknown = sorted(set(scales) - known)
+    if unknown:
+        raise KeyError(f"modules {unknown} are not in {src}; modules: {sorted(known, key=_natural_key)}")
+    tensors = load_file(str(src))
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m is not None and m["which"] == "B":
+            tensors[key] = tensor * float(scales.get(m["module"].removeprefix(_PREFIX), default))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = src.parent / "adapter_config.json"
+    if config.exists():
+        (out / "adapter_config.json").write_text(config.read_text())
+    tmp = out / "adapter_model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, out / "adapter_model.safetensors")
+    return out
