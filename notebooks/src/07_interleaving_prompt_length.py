@@ -228,7 +228,7 @@ record_result(
         **{f"em_rate_{key}_{lvl}": rates.em_rate[m, lvl] for key, m in (("base", "base"), ("em_only", "EM only")) for lvl in LEVELS},
         **{f"coherence_rate_{key}_{lvl}": rates.coherence_rate[m, lvl] for key, m in (("base", "base"), ("em_only", "EM only"))
            for lvl in LEVELS},
-        "em_rates": summary[["model", "length", "n", "em_rate", "em_ci_low", "em_ci_high", "coherence_rate"]].round(4).to_dict("records"),
+        "summary_by_model_and_length": summary[["model", "length", "n", "em_rate", "em_ci_low", "em_ci_high", "coherence_rate"]].round(4).to_dict("records"),
         **effect_fields("spearman_region", result.region),
         "spearman_leave_one_out": [float(v) for v in result.loo],
         **(effect_fields("em_diff_moved_vs_random", result.moved) if result.moved else {}),
