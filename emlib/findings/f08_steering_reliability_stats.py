@@ -1,0 +1,95 @@
+"""Finding 08's statistics: how coherent a set's activation differences are (cosine to the vector, d′ of the
+projections), rank correlations across sets with a two-stage bootstrap (sets, then items within each) and a
+permutation null, and the cosines between prompt types' vectors."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+__all__ = ["diff_cosines", "dprime", "set_statistic_draws", "spearman", "spearman_draws", "permutation_q95",
+           "vector_cosines"]
+
+
+def diff_cosines(pos: torch.Tensor, neg: torch.Tensor, leave_one_out: bool = False) -> np.ndarray:
+    """Cosine of each example's difference pos_i − neg_i with the mean difference (the steering vector; with
+    `leave_one_out`, the mean of the other differences), n × d inputs → n values."""
+    diffs = (pos.double() - neg.double())
+    n = diffs.shape[0]
+    ref = diffs.mean(0, keepdim=True).expand_as(diffs)
+    if leave_one_out:
+        if n < 2:
+            raise ValueError("leave-one-out needs at least two examples")
+        ref = (diffs.sum(0, keepdim=True) - diffs) / (n - 1)
+    return torch.nn.functional.cosine_similarity(diffs, ref, dim=-1).numpy()
+
+
+def dprime(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Separation of the positive and negative activations projected on the steering vector's direction:
+    (mean⁺ − mean⁻) / √((var⁺ + var⁻) / 2), population variances as in the paper's code (NaN when both are 0)."""
+    v = pos.double().mean(0) - neg.double().mean(0)
+    norm = float(v.norm())
+    if norm == 0:
+        return float("nan")
+    pp, pn = (pos.double() @ (v / norm)).numpy(), (neg.double() @ (v / norm)).numpy()
+    spread = np.sqrt((pp.var() + pn.var()) / 2)
+    return float((pp.mean() - pn.mean()) / spread) if spread > 0 else float("nan")
+
+
+def set_statistic_draws(stat: Callable[[np.ndarray], float], n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """stat(indices) on the set's own items (first entry) and on n_boot resamples of its n items with replacement."""
+    draws = [stat(np.arange(n))]
+    draws += [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    return np.array(draws, dtype=float)
+
+
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties; NaN when either side is constant)."""
+    rx, ry = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each row pair of two (B × k) arrays (NaN for a constant row)."""
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    denom = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (rx * ry).sum(1) / denom, np.nan)
+
+
+def spearman_draws(x_draws: np.ndarray, y_draws: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
+    """ρ across sets of two per-set statistics, and its two-stage bootstrap draws: each draw resamples the sets with
+    replacement and takes, for each drawn set, one of its own within-set resamples. x_draws, y_draws: sets × (1 + B),
+    column 0 the statistic on the set's own items (as `set_statistic_draws` returns them)."""
+    if x_draws.shape != y_draws.shape or x_draws.ndim != 2:
+        raise ValueError(f"draw arrays must match (sets × draws), got {x_draws.shape} and {y_draws.shape}")
+    k, b = x_draws.shape[0], x_draws.shape[1] - 1
+    rho = spearman(x_draws[:, 0], y_draws[:, 0])
+    if b == 0:
+        return rho, np.array([])
+    rng = np.random.default_rng(seed)
+    sets = rng.integers(0, k, size=(b, k))
+    cols = np.arange(1, b + 1)[:, None]
+    return rho, _rowwise_spearman(x_draws[sets, cols], y_draws[sets, cols])
+
+
+def permutation_q95(x: Sequence[float], y: Sequence[float], n_perm: int = 2000, seed: int = 0) -> float:
+    """The 95th percentile of ρ(x, y) with y shuffled across sets: what a ρ this large means by chance."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([y[rng.permutation(len(y))] for _ in range(n_perm)])
+    rhos = _rowwise_spearman(np.broadcast_to(x, perms.shape), perms)
+    return float(np.nanquantile(rhos, 0.95)) if np.isfinite(rhos).any() else float("nan")  # NaN: a constant side
+
+
+def vector_cosines(vectors: dict[str, torch.Tensor]) -> np.ndarray:
+    """Cosine between every two prompt types' vectors, per set: {type: sets × d} → types × types × sets."""
+    names = list(vectors)
+    units = [torch.nn.functional.normalize(vectors[t].double(), dim=-1) for t in names]
+    return np.array([[(a * b).sum(-1).numpy() for b in units] for a in units])
