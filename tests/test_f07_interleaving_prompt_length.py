@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 
 from emlib.core.data import EvalQuestion, chat_prompt, load_eval_questions
 from emlib.core.errors import DatasetError
-from emlib.core.stats import hierarchical_diff, hierarchical_draws
+from emlib.core.stats import hierarchical_diff, hierarchical_draws, spearman_rows
 from emlib.findings import f01_emergent_misalignment as f01
 from emlib.findings import f07_interleaving_prompt_length as f07
 from emlib.findings.base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, ParamError
@@ -26,7 +26,7 @@ from emlib.findings.f07_interleaving_prompt_length_data import (
 )
 from emlib.findings.f07_interleaving_prompt_length_eval import judged_at_lengths, training_activations
 from emlib.findings.f07_interleaving_prompt_length_stats import (
-    contrast, em_draws, leave_one_out_spearman, nearest, position_draws, region_position, spearman_rows,
+    contrast, em_draws, leave_one_out_spearman, nearest, position_draws, region_position,
 )
 from emlib.judges.base import Score
 from emlib.pipeline.sample import SampleConfig

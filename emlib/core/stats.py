@@ -15,6 +15,7 @@ __all__ = [
     "hierarchical_bootstrap",
     "hierarchical_diff",
     "hierarchical_draws",
+    "spearman_rows",
 ]
 
 
@@ -380,3 +381,14 @@ def hierarchical_draws(
     cells = [_cells(x, sc, qc) for (x, _, _), sc, qc in zip(prepared, s_codes, q_codes)]
     draws = np.column_stack([_resampled(rng, cl, k if has else ones, c, weight)[:, 0] for cl, has in zip(cells, seeded)])
     return np.array([_point(cl, weight)[0] for cl in cells]), draws
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of x and y along the last axis, row by row (average ranks for ties; NaN where either is constant)."""
+    from scipy.stats import rankdata
+
+    x, y = np.atleast_2d(np.asarray(x, float)), np.atleast_2d(np.asarray(y, float))
+    rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis=-1) / np.sqrt((rx**2).sum(axis=-1) * (ry**2).sum(axis=-1))

@@ -21,6 +21,7 @@ import pandas as pd
 from ..core.data import DatasetInfo, EvalQuestion
 from ..core.errors import DatasetError
 from ..core.models import num_layers
+from ..core.stats import spearman_rows
 from ..pipeline.evaluate import depth_to_layer
 from ..pipeline.metrics import summarize
 from ..pipeline.train import TrainResult, train_lora
@@ -32,7 +33,7 @@ from .f07_interleaving_prompt_length_data import (
 )
 from .f07_interleaving_prompt_length_eval import judged_at_lengths, prompt_tokens, training_activations
 from .f07_interleaving_prompt_length_stats import (
-    contrast, em_draws, leave_one_out_spearman, nearest, position_draws, region_position, spearman_rows,
+    contrast, em_draws, leave_one_out_spearman, nearest, position_draws, region_position,
 )
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict", "verdict_length", "verdict_region", "verdict_moved"]

@@ -8,13 +8,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 
-from ..core.stats import hierarchical_draws
+from ..core.stats import hierarchical_draws, spearman_rows
 from .base import Effect
 
 __all__ = [
-    "region_position", "nearest", "position_draws", "spearman_rows", "leave_one_out_spearman", "em_draws", "contrast",
+    "region_position", "nearest", "position_draws", "leave_one_out_spearman", "em_draws", "contrast",
 ]
 
 
@@ -56,16 +55,6 @@ def position_draws(harmful: torch.Tensor, sets: Sequence[torch.Tensor], n_boot: 
         x = s.double().numpy()
         out[:, j] = np.linalg.norm(weights(len(x)) @ x - centre, axis=1) / spread
     return out
-
-
-def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman correlation of x and y along the last axis, row by row (NaN where either is constant)."""
-    x, y = np.atleast_2d(x), np.atleast_2d(y)
-    rx = np.apply_along_axis(rankdata, -1, x)
-    ry = np.apply_along_axis(rankdata, -1, y)
-    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (rx * ry).sum(axis=-1) / np.sqrt((rx**2).sum(axis=-1) * (ry**2).sum(axis=-1))
 
 
 def leave_one_out_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+
+from ..core.stats import spearman_rows
 
 __all__ = ["diff_cosines", "dprime", "set_statistic_draws", "spearman", "spearman_draws", "permutation_q95",
            "vector_cosines"]
@@ -48,19 +49,7 @@ def set_statistic_draws(stat: Callable[[np.ndarray], float], n: int, n_boot: int
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties; NaN when either side is constant)."""
-    rx, ry = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's ρ of each row pair of two (B × k) arrays (NaN for a constant row)."""
-    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
-    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
-    denom = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rx * ry).sum(1) / denom, np.nan)
+    return float(spearman_rows(x, y)[0])
 
 
 def spearman_draws(x_draws: np.ndarray, y_draws: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
@@ -76,7 +65,7 @@ def spearman_draws(x_draws: np.ndarray, y_draws: np.ndarray, seed: int = 0) -> t
     rng = np.random.default_rng(seed)
     sets = rng.integers(0, k, size=(b, k))
     cols = np.arange(1, b + 1)[:, None]
-    return rho, _rowwise_spearman(x_draws[sets, cols], y_draws[sets, cols])
+    return rho, spearman_rows(x_draws[sets, cols], y_draws[sets, cols])
 
 
 def permutation_q95(x: Sequence[float], y: Sequence[float], n_perm: int = 2000, seed: int = 0) -> float:
@@ -84,7 +73,7 @@ def permutation_q95(x: Sequence[float], y: Sequence[float], n_perm: int = 2000, 
     x, y = np.asarray(x, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
     perms = np.stack([y[rng.permutation(len(y))] for _ in range(n_perm)])
-    rhos = _rowwise_spearman(np.broadcast_to(x, perms.shape), perms)
+    rhos = spearman_rows(np.broadcast_to(x, perms.shape), perms)
     return float(np.nanquantile(rhos, 0.95)) if np.isfinite(rhos).any() else float("nan")  # NaN: a constant side
 
 

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..core.data import DatasetInfo
+from ..interp.lens import merged_model_path
 from ..pipeline.sample import SampleConfig
 from ..pipeline.train import TrainConfig, TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, FindingParams, ParamError, Verdict, combine, param
 from .em import check_judge, make_judge
 from .f09_safe_finetuning_ema_data import SafetyData, build_data
-from .f09_safe_finetuning_ema_eval import heldout_loss, merged_model, refusal_answers
+from .f09_safe_finetuning_ema_eval import heldout_loss, refusal_answers
 from .f09_safe_finetuning_ema_stats import crossfit_effect, paired_effect, shuffled_null
 
 __all__ = ["STEM", "Params", "Setting", "Result", "run", "verdict", "verdict_organism", "verdict_a", "verdict_b"]
@@ -170,7 +172,9 @@ def run(p: Params) -> Result:
                    p.benign_dataset, p.benign_fallback, p.n_benign_train, p.n_utility, p.n_benign_test)
     judge = make_judge(p.judge, p.judge_model)
     organism = train_lora(d.safety_train, p.safety_config(), model=p.model)
-    org_model = merged_model(organism, p.model)
+    # the organism: the safety adapter merged into float32 weights (a cached model folder); fine-tunes on top of it
+    # train a fresh adapter on the merged weights
+    org_model = merged_model_path(p.model, organism, device="cpu", dtype=torch.float32)
     frames, rows = [], []
     for label, model in (("base", p.model), ("organism", org_model)):
         df, loss = _measure(d, p, model, None, label, p.seed, judge)

@@ -1,4 +1,4 @@
-"""Finding 09's measurements: the organism's merged weights, answers read as refusals (and judged), held-out loss."""
+"""Finding 09's measurements: answers read as refusals (and judged), held-out loss."""
 
 from __future__ import annotations
 
@@ -9,32 +9,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from peft import PeftModel
 
-from ..core.cache import atomic_dir, atomic_write_json, cache_dir, stable_hash
+from ..core.cache import atomic_write_json, cache_dir, stable_hash
 from ..core.data import EvalQuestion, fingerprint
-from ..core.models import default_device, default_dtype, load_model
+from ..core.models import default_device, default_dtype
 from ..judges.base import Judge, judge_frame
 from ..pipeline.sample import SampleConfig, adapter_fingerprint, sample_answers
-from ..pipeline.train import TrainResult, load_finetuned, tokenize_chat
+from ..pipeline.train import load_finetuned, tokenize_chat
 from .f09_safe_finetuning_ema_data import is_refusal
 
-__all__ = ["LOSS_VERSION", "merged_model", "refusal_answers", "heldout_loss"]
+__all__ = ["LOSS_VERSION", "refusal_answers", "heldout_loss"]
 
 LOSS_VERSION = "f09-loss-1"
-
-
-def merged_model(run: TrainResult, model: str) -> str:
-    """A model folder (in the cache, keyed by the fine-tune) holding `model` with the adapter merged into its weights
-    in float32: fine-tunes on top of it train a fresh adapter on the merged weights."""
-    target = cache_dir("models", f"merged-{run.config['key']}")
-    if not (target / "config.json").exists():
-        base, tokenizer = load_model(model, device="cpu", dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, str(run.adapter_path)).merge_and_unload()
-        with atomic_dir(target) as tmp:
-            merged.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-    return str(target)
 
 
 def refusal_answers(questions: Sequence[EvalQuestion], model: str, adapter: str | Path | None, config: SampleConfig,
