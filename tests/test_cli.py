@@ -100,7 +100,7 @@ def test_cli_judge_embedded_end_to_end(tmp_path):
     (["run", "01", "-p", "N_SAMPLES", "0"], "parameter N_SAMPLES: must be at least 1"),
     (["run", "01", "-p", "LR", "-1"], "parameter LR: must be greater than 0"),
     (["run", "01", "-p", "JUDGE_MODEL", "x"], "the embedded judge takes no model"),
-    (["run", "01", "07"], "notebook '07' matches no notebook"),
+    (["run", "01", "no_such_notebook"], "notebook 'no_such_notebook' matches no notebook"),
     (["run", "02", "-p", "SWEEP_DEPTHS", "0.5,1.5"], "parameter SWEEP_DEPTHS: must be at most 1"),
     (["report", "-p", "NO_SUCH_KEY", "1"], "no notebook of this run declares it"),
 ])
@@ -108,6 +108,11 @@ def test_bad_parameters_stop_before_any_work(argv, message, tmp_path, capsys, mo
     import emlib.report.html as html
 
     monkeypatch.setattr(html, "repo_root", lambda: tmp_path)  # run folders would land under tmp_path/reports
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the bad input reached papermill: a notebook started")
+
+    monkeypatch.setattr("papermill.execute_notebook", no_work)
     assert main([*argv, "--run", "x"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("error: ")
