@@ -19,7 +19,7 @@ from .sources import data_dir as sources_data_dir
 
 __all__ = [
     "DatasetInfo", "EvalQuestion", "load_chat_jsonl", "load_dataset", "may_fall_back", "choose_eval_set",
-    "load_eval_questions", "chat_prompt", "fingerprint",
+    "load_eval_questions", "chat_prompt", "fingerprint", "checked_item_id",
 ]
 
 ROLES = ("system", "user", "assistant")
@@ -155,6 +155,21 @@ def choose_eval_set(name: str, data_dir: str | None, fallback: str | None) -> tu
         return str(fallback), name
 
 
+def checked_item_id(path: Any, i: int, item: Any, seen: set[str]) -> tuple[str, str]:
+    """Item `i` of a YAML list file: its id (a non-empty string, not in `seen`, then added) and where it is, for errors."""
+    where = f"{path}: item {i}"
+    if not isinstance(item, dict):
+        raise DatasetError(f"{where}: field 'id': item is not a mapping")
+    qid = item.get("id")
+    if not isinstance(qid, str) or not qid.strip():
+        raise DatasetError(f"{where}: field 'id': missing or not a non-empty string")
+    where = f"{path}: item {i} (id={qid!r})"
+    if qid in seen:
+        raise DatasetError(f"{where}: field 'id': duplicate id")
+    seen.add(qid)
+    return qid, where
+
+
 def load_eval_questions(
     name_or_path: str = "builtin",
     data_dir: str | None = None,
@@ -182,16 +197,7 @@ def load_eval_questions(
     questions: list[EvalQuestion] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        where = f"{path}: item {i}"
-        if not isinstance(item, dict):
-            raise DatasetError(f"{where}: field 'id': item is not a mapping")
-        qid = item.get("id")
-        if not isinstance(qid, str) or not qid.strip():
-            raise DatasetError(f"{where}: field 'id': missing or not a non-empty string")
-        where = f"{path}: item {i} (id={qid!r})"
-        if qid in seen:
-            raise DatasetError(f"{where}: field 'id': duplicate id")
-        seen.add(qid)
+        qid, where = checked_item_id(path, i, item, seen)
         paras = item.get("paraphrases")
         if not isinstance(paras, list) or not paras:
             raise DatasetError(f"{where}: field 'paraphrases': missing or empty")

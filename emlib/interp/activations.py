@@ -12,8 +12,8 @@ from transformers import PreTrainedTokenizerBase
 from .hooks import encode_chat, pad_id, resolve_layers, run_batches, unit
 
 __all__ = [
-    "mean_answer_activations", "mean_diff_direction", "direction_cosines", "bootstrap_direction_cosines",
-    "split_half_cosines", "shuffled_label_cosines",
+    "mean_answer_activations", "last_prompt_activations", "mean_diff_direction", "direction_cosines",
+    "bootstrap_direction_cosines", "split_half_cosines", "shuffled_label_cosines",
 ]
 
 def mean_answer_activations(
@@ -47,6 +47,28 @@ def mean_answer_activations(
             for row, i in enumerate(idx):
                 a, b = spans[i]
                 out[i, j] = h[row, a:b].mean(dim=0).cpu()
+    if out is None:
+        raise ValueError("no prompts given")
+    return out
+
+
+def last_prompt_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Residual activations at each chat prompt's final token, generation prompt included (n × n_layers × d)."""
+    chosen = resolve_layers(model, layers)
+    sequences = [encode_chat(tokenizer, messages, add_generation_prompt=True) for messages in prompts]
+    out: torch.Tensor | None = None
+    for idx, acts in run_batches(model, sequences, chosen, pad_id(tokenizer), batch_size):
+        if out is None:
+            out = torch.zeros((len(sequences), len(chosen), acts[chosen[0]].shape[-1]), dtype=torch.float32)
+        for j, layer in enumerate(chosen):
+            for row, i in enumerate(idx):
+                out[i, j] = acts[layer][row, len(sequences[i]) - 1].float().cpu()
     if out is None:
         raise ValueError("no prompts given")
     return out
