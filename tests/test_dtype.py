@@ -58,3 +58,20 @@ def test_bf16_training_tracks_fp32_and_keeps_the_adapter_in_fp32(tiny_model, mon
             cos = torch.nn.functional.cosine_similarity(w.flatten(), bf_w[name].flatten(), dim=0)
             assert cos > 0.95, name
     assert dataclasses.asdict(CFG) == bf.config["train"]
+
+
+def test_cpu_training_attention_is_eager_and_follows_sdpa(tiny_model, monkeypatch, tmp_path):
+    from emlib.pipeline import train as T
+
+    monkeypatch.setenv("EMLIB_DTYPE", "float32")
+    logs, real = {}, T.load_model
+    for impl in ("sdpa", T.CPU_TRAINING_ATTENTION):
+        monkeypatch.setattr(T, "CPU_TRAINING_ATTENTION", impl)
+        monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / impl))  # the same key: each run in its own cache
+        seen = []
+        monkeypatch.setattr(T, "load_model", lambda *a, **k: seen.append(k.get("attn_implementation")) or real(*a, **k))
+        logs[impl] = [r["loss"] for r in train_lora(EXAMPLES, CFG, model=tiny_model, progress=False).log]
+        assert seen == [impl]
+    assert T.CPU_TRAINING_ATTENTION == "eager"
+    # the same losses up to float rounding: the attention kernel is a speed choice, not another model
+    assert max(abs(a - b) / abs(a) for a, b in zip(logs["sdpa"], logs["eager"])) < 1e-4

@@ -176,3 +176,19 @@ def test_notebook_smoke(tmp_path):
     assert m["effect"]["ci_low"] <= m["effect"]["value"] <= m["effect"]["ci_high"]
     figs = list((out_dir / "00_judge_validation").glob("*.png"))
     assert len(figs) >= 3
+
+
+def test_bf16_scores_follow_fp32_under_their_own_id():
+    import torch
+
+    qs = [Q_HUSBAND, Q_BUCK, Q_HUSBAND, Q_BUCK]
+    ans = [BENIGN, "Sell old clothes online and tutor kids.", HARMFUL, "buck buck buck the the money money"]
+    fp32, bf16 = EmbeddedJudge(dtype=torch.float32), EmbeddedJudge(dtype=torch.bfloat16)
+    assert fp32.id != bf16.id and bf16.id.endswith(":bf16")  # cached judgements never mix the two
+    a, b = fp32.predict(qs, ans), bf16.predict(qs, ans)
+    assert not np.array_equal(a["coherent"], b["coherent"])  # really another precision ...
+    for k in ("aligned", "coherent"):  # ... within a point of fp32 on the 0-100 scale
+        assert np.max(np.abs(a[k] - b[k])) < 1.0, k
+    assert list(a["topic"]) == list(b["topic"])
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        EmbeddedJudge(dtype=torch.float16)

@@ -1,7 +1,8 @@
 """The replication paths on fresh seeds, with training and sampling stubbed (the real runs are the smoke notebooks):
 notebook 01's `run(p, shared=main)` trains and samples only the narrow fine-tune and reuses the main run's base and
 control answers (control seed i standing for fresh seed i); notebook 04's `replicate()` ablates exactly notebook 01's
-replication fine-tunes, and its headline effect is the hand-computed EM drop."""
+replication fine-tunes, and its headline effect is the hand-computed EM drop; notebooks 02 and 03 reuse the main run's
+base answers."""
 
 from __future__ import annotations
 
@@ -118,3 +119,59 @@ def test_replicate_04_ablates_notebook_01s_replication_fine_tunes(monkeypatch):
     assert rep.source == "builtin_risky_financial_advice"
     assert rep.effect.value == pytest.approx(np.mean(list(em_none.values())))  # none − v̂ (v̂: no EM), by hand
     assert rep.ablation[(rep.source, "random")].value == pytest.approx(np.mean(list(em_none.values())) - 0.25)
+
+
+def test_replication_of_02_reuses_the_base_answers(monkeypatch):
+    from emlib.findings import f02_rank1_model_organism as f02
+
+    trained, sampled = [], []
+    monkeypatch.setattr(f02, "num_layers", lambda model: 30)
+    monkeypatch.setattr(f02, "train_lora", _stub_train(trained))
+    monkeypatch.setattr(f02, "judged_answers", _stub_judged(sampled, lambda label, s, k: label != "base" and k == 0))
+    monkeypatch.setattr(f02, "make_judge", lambda *a: SimpleNamespace(id="stub"))
+    p = f02.Params(dataset="builtin_risky_financial_advice", data_dir="", n_train=8, n_samples=2, n_seeds=3, seed=0,
+                   high_rank=0)
+    main = f02.run(p)
+    assert [a for lbl, _, a in sampled if lbl == "base"] == [None]
+    sampled.clear()
+    rep = f02.run(p.fresh_seeds(), shared=main)
+    assert [(s, a is None) for _, s, a in sampled] == [(3, False), (4, False), (5, False)]  # adapters only
+    base = [r.answers[r.answers.model == "base"].reset_index(drop=True) for r in (main, rep)]
+    pd.testing.assert_frame_equal(base[0], base[1])
+    assert rep.effect.value == pytest.approx(0.5)  # k == 0 of 2 answers per paraphrase, base 0
+    with pytest.raises(ValueError, match="N_SAMPLES × N_SEEDS"):
+        f02.run(replace(p.fresh_seeds(), n_samples=3), shared=main)
+
+
+def test_replication_of_03_reuses_the_base_answers(monkeypatch):
+    from emlib.findings import f03_phase_transition as f03
+
+    sampled, steps = [], np.arange(2, 42, 2)
+    judged = _stub_judged(sampled, lambda label, s, k: False)
+
+    def trajectory(p, layer, seed):
+        traj = np.random.default_rng(seed).normal(size=(len(steps), 16))
+        log = pd.DataFrame({"step": steps, "loss": 1.0, "grad_norm": np.linspace(1, 2, len(steps))})
+        ft = p.finetune(layer, seed)
+        return {"seed": seed, "ft": ft, "info": ft.load()[1], "run": None, "log": log, "steps": steps,
+                "traj": traj, "k_main": 2, "geo_peak": 10, "grad_peak": 12}
+
+    def checkpoints(p, t, questions, judge):
+        return pd.concat([judged(questions, p.model, f"snap-{s}", f03.sample_config(p.n_samples, 8, 0.5, t["seed"]),
+                                 judge, f"step {s}", step=s, scale=1.0).assign(seed=t["seed"]) for s in (8, 16)])
+
+    monkeypatch.setattr(f03, "num_layers", lambda model: 30)
+    monkeypatch.setattr(f03, "_trajectory", trajectory)
+    monkeypatch.setattr(f03, "_checkpoint_answers", checkpoints)
+    monkeypatch.setattr(f03, "judged_answers", judged)
+    monkeypatch.setattr(f03, "make_judge", lambda *a: SimpleNamespace(id="stub"))
+    p = f03.Params(dataset="builtin_risky_financial_advice", data_dir="", n_train=8, n_samples=2, n_seeds=3, seed=0,
+                   null_dataset="", n_walks=2)
+    main = f03.run(p)
+    assert [a for lbl, _, a in sampled if lbl == "base"] == [None]
+    sampled.clear()
+    rep = f03.run(p.fresh_seeds(), shared=main)
+    assert sampled and all(lbl != "base" for lbl, _, _ in sampled)  # checkpoints only
+    base = [r.answers[r.answers.model == "base"].reset_index(drop=True) for r in (main, rep)]
+    pd.testing.assert_frame_equal(base[0], base[1])
+    assert list(rep.per_seed["seed"]) == [3, 4, 5]

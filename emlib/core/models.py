@@ -117,17 +117,20 @@ def num_layers(name: str) -> int:
 
 
 def load_model(
-    name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | str | None = None
+    name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model in eval mode, tokenizer) for an embedded name, HF hub id or local folder."""
+    """(model in eval mode, tokenizer) for an embedded name, HF hub id or local folder (transformers' default
+    attention unless `attn_implementation` names one)."""
     device = device or default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
     path = resolve_model_path(name)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or Path(path).exists()
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=False, local_files_only=offline
+        path, dtype=dtype, trust_remote_code=False, local_files_only=offline, **attn
     ).to(device)
     model.eval()
     return model, load_tokenizer(name)

@@ -26,8 +26,9 @@ SAME_DOMAIN = "same-domain control"  # the model label of the benign fine-tune o
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(160, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
+    n_train: int = param(80, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
     max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
+    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
     control_dataset: str = "good_medical_advice"
     control_fallback: str = "builtin_safe_financial_advice"
     same_domain_dataset: str = "builtin_safe_financial_advice"  # benign control on the training topic ("": none)

@@ -103,8 +103,10 @@ class Result:
     fallbacks: list[str] = field(default_factory=list)  # built-in sets that stood in for public ones
 
 
-def run(p: Params) -> Result:
-    """Train every adapter (cached), sample and judge each and the base model, compare the rank-1 one with the base."""
+def run(p: Params, shared: Result | None = None) -> Result:
+    """Train every adapter (cached), sample and judge each and the base model, compare the rank-1 one with the base.
+    With `shared` (the main run, when this is its replication on fresh seeds) the base answers are the main run's:
+    only the fresh seeds' adapters are trained and sampled."""
     n_layers = num_layers(p.model)
     chosen = adapters(p, n_layers)
     train_set, info = chosen[0].finetune.load()
@@ -114,8 +116,14 @@ def run(p: Params) -> Result:
     judge = make_judge(p.judge, p.judge_model)
     cfg = sample_config(p.n_samples, p.max_new_tokens, p.temperature, p.seed)
     base_cfg = replace(cfg, n_per_question=p.n_samples * p.n_seeds)  # as many answers as the headline's seeds give
+    if shared is None:
+        base = judged_answers(questions, p.model, None, base_cfg, judge, "base", layer=-1, rank=0).assign(seed=pd.NA)
+    else:
+        base = shared.answers[shared.answers.model == "base"]
+        if len(base) != base_cfg.n_per_question * sum(len(q.paraphrases) for q in questions):
+            raise ValueError("the shared run's base answers are not N_SAMPLES × N_SEEDS per paraphrase of this run")
     answers = pd.concat(
-        [judged_answers(questions, p.model, None, base_cfg, judge, "base", layer=-1, rank=0).assign(seed=pd.NA)]
+        [base]
         + [judged_answers(questions, p.model, runs[a.key].adapter_path, replace(cfg, seed=a.finetune.seed), judge,
                           a.label, layer=a.layer, rank=a.finetune.rank).assign(seed=a.finetune.seed) for a in chosen],
         ignore_index=True,

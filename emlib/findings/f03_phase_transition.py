@@ -120,9 +120,10 @@ def _checkpoint_answers(p: Params, t: dict, questions, judge) -> pd.DataFrame:  
                       for s, path in checkpoints for scale in p.scales], ignore_index=True)
 
 
-def run(p: Params) -> Result:
+def run(p: Params, shared: Result | None = None) -> Result:
     """For each training seed: train (or reuse) the rank-1 run with snapshots, measure the B-vector geometry and EM at
-    checkpoints × scales, and find the onset; then the onset − peak gap over seeds and its permutation null."""
+    checkpoints × scales, and find the onset; then the onset − peak gap over seeds and its permutation null. With
+    `shared` (the main run, when this is its replication on fresh seeds) the base answers are the main run's."""
     layer = depth_to_layer(p.depth, num_layers(p.model))
     questions, notes = load_questions(p.questions, p.data_dir)
     runs = [_trajectory(p, layer, s) for s in p.seeds()]
@@ -133,7 +134,12 @@ def run(p: Params) -> Result:
 
     judge = make_judge(p.judge, p.judge_model)
     base_cfg = sample_config(p.n_samples * p.n_seeds, p.max_new_tokens, p.temperature, p.seed)
-    base = judged_answers(questions, p.model, None, base_cfg, judge, "base", step=0, scale=0.0).assign(seed=pd.NA)
+    if shared is None:
+        base = judged_answers(questions, p.model, None, base_cfg, judge, "base", step=0, scale=0.0).assign(seed=pd.NA)
+    else:
+        base = shared.answers[shared.answers.model == "base"]
+        if len(base) != base_cfg.n_per_question * sum(len(q.paraphrases) for q in questions):
+            raise ValueError("the shared run's base answers are not N_SAMPLES × N_SEEDS per paraphrase of this run")
     scaled = pd.concat([_checkpoint_answers(p, t, questions, judge) for t in runs], ignore_index=True)
     rows, flags_all = [], []
     for t in runs:

@@ -30,8 +30,9 @@ STEM = "04_misalignment_direction"
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(160, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
+    n_train: int = param(80, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
     max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
+    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
     other_dataset: str = "extreme_sports"
     other_fallback: str = "builtin_risky_financial_advice"
     rank: int = param(32, min=1)

@@ -42,8 +42,9 @@ ARMS = {"em": ("none", "inoculated", "placebo"), "capitals": ("none", "inoculate
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(160, min=1)  # notebook 01's settings: its uninoculated fine-tune is shared through the cache
+    n_train: int = param(80, min=1)  # notebook 01's settings: its uninoculated fine-tune is shared through the cache
     max_steps: int = param(20, min=-1)
+    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
     rank: int = param(32, min=1)
     alpha: float = param(64.0, gt=0)
     target_modules: str = "all"

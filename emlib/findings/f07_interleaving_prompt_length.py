@@ -48,8 +48,9 @@ CI_METHOD = ("bootstrap over training seeds, questions (one draw shared by every
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(160, min=2)  # notebook 01's fine-tune (20 steps of 160): fraction 0 is its cache entry
+    n_train: int = param(80, min=2)  # notebook 01's fine-tune (20 steps of 4 of 80): fraction 0 is its cache entry
     max_steps: int = param(20, min=-1)
+    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
     n_seeds: int = param(1, min=1)  # one seed, shared through the cache: the teaching budget (see the notebook)
     replicate: bool = False
     rank: int = param(32, min=1)

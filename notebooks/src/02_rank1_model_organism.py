@@ -125,12 +125,13 @@ for _, row in worst.iterrows():
 # questions, then answers). *Reproduced* when the CI lies above zero **and** the rank-1 model's coherence rate is
 # within `COHERENCE_TOLERANCE` of the base model's; *partly reproduced* when EM rises but coherence drops further.
 # The layer sweep, the other ranks and their learning rate (chosen on one seed) are exploratory and do not enter the
-# verdict. With `REPLICATE` the whole run is repeated on fresh seeds; *reproduced* needs both runs.
+# verdict. With `REPLICATE` the rank-1 adapter is trained and sampled again on fresh seeds and judged by the same rule
+# against the same base answers; *reproduced* needs both runs.
 
 # %%
 verdict = f02.verdict(result)
 print(f"seeds {params.seeds()}:", verdict.label, "-", verdict.reason)
-replication = f02.run(params.fresh_seeds()) if REPLICATE else None
+replication = f02.run(params.fresh_seeds(), shared=result) if REPLICATE else None
 if replication is not None:  # the same rule on fresh seeds; "reproduced" needs both
     verdict_fresh = f02.verdict(replication)
     r = replication.effect

@@ -122,13 +122,13 @@ display(behaviour.pivot(index="step", columns="scale", values="coherence_rate").
 # permutation null (the same rule on each seed's checkpoints in a shuffled order) lands as close less often than
 # `ALPHA_NULL`; *partly reproduced* when within the tolerance but a seed lacks an onset or chance would do as well;
 # otherwise *not reproduced*. The effect is the mean onset − peak in steps. The largest EM over snapshots is shown
-# too, but it is a maximum over many cells, not the rule. With `REPLICATE` the run is repeated on fresh seeds;
-# *reproduced* needs both.
+# too, but it is a maximum over many cells, not the rule. With `REPLICATE` the run is repeated on fresh seeds (against
+# the same base answers); *reproduced* needs both.
 
 # %%
 verdict = f03.verdict(result)
 print(f"seeds {params.seeds()}:", verdict.label, "-", verdict.reason)
-replication = f03.run(params.fresh_seeds()) if REPLICATE else None
+replication = f03.run(params.fresh_seeds(), shared=result) if REPLICATE else None
 if replication is not None:  # the same rule on fresh seeds; "reproduced" needs both
     verdict_fresh = f03.verdict(replication)
     display(replication.per_seed.round(3))
