@@ -69,7 +69,8 @@ def test_cpu_training_attention_is_eager_and_follows_sdpa(tiny_model, monkeypatc
         monkeypatch.setattr(T, "CPU_TRAINING_ATTENTION", impl)
         monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / impl))  # the same key: each run in its own cache
         seen = []
-        monkeypatch.setattr(T, "load_model", lambda *a, **k: seen.append(k.get("attn_implementation")) or real(*a, **k))
+        monkeypatch.setattr(T, "load_model",
+                            lambda *a, seen=seen, **k: seen.append(k.get("attn_implementation")) or real(*a, **k))
         logs[impl] = [r["loss"] for r in train_lora(EXAMPLES, CFG, model=tiny_model, progress=False).log]
         assert seen == [impl]
     assert T.CPU_TRAINING_ATTENTION == "eager"
