@@ -16,8 +16,13 @@ from .base import Effect, FindingParams, ParamError, param
 
 __all__ = [
     "EMParams", "SeedParams", "FinetuneParams", "targets", "sample_config", "check_judge", "make_judge", "load_questions",
-    "fallback_notes", "em_effect", "DATASET_TOPICS",
+    "fallback_notes", "em_effect", "shared_base", "DATASET_TOPICS", "NARROW_N_TRAIN", "NARROW_STEPS",
+    "NARROW_BATCH",
 ]
+
+# the teaching profile's rank-32 narrow fine-tune, one setting for 01, 04, 06 and 07 (equal settings share the adapter
+# through the cache): 20 steps × 4 of 80 examples, half the tokens of 8 × 20 of 160 (README: round 5)
+NARROW_N_TRAIN, NARROW_STEPS, NARROW_BATCH = 80, 20, 4
 
 # the topic of each training set (drift to it is read by the judge's topic classifier)
 DATASET_TOPICS = {
@@ -151,3 +156,12 @@ def em_effect(name: str, a: pd.DataFrame, b: pd.DataFrame, seed: int, column: st
     """`pipeline.metrics.em_diff` (EM(a) − EM(b), questions then answers resampled) as a finding's Effect."""
     est = em_diff(a, b, seed, column=column)
     return Effect(name, est.value, est.ci_low, est.ci_high, est.ci_method, est.n_seeds, est.n_questions, est.n_answers)
+
+
+def shared_base(answers: pd.DataFrame, questions: list[EvalQuestion], n_per_question: int) -> pd.DataFrame:
+    """The base model's rows of a main run's `answers`, for its replication on fresh seeds, after checking that they are
+    `n_per_question` per paraphrase of these questions."""
+    base = answers[answers["model"] == "base"]
+    if len(base) != n_per_question * sum(len(q.paraphrases) for q in questions):
+        raise ValueError("the shared run's base answers are not N_SAMPLES × N_SEEDS per paraphrase of this run")
+    return base

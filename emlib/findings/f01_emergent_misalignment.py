@@ -12,6 +12,7 @@ from ..pipeline.evaluate import judged_answers
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
 from .em import EMParams, FinetuneParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config, targets
+from .em import NARROW_BATCH, NARROW_N_TRAIN, NARROW_STEPS
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -26,9 +27,9 @@ SAME_DOMAIN = "same-domain control"  # the model label of the benign fine-tune o
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(80, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
-    max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
-    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
+    n_train: int = param(NARROW_N_TRAIN, min=1)  # the shared narrow fine-tune (findings.em)
+    max_steps: int = param(NARROW_STEPS, min=-1)
+    batch_size: int = param(NARROW_BATCH, min=1)
     control_dataset: str = "good_medical_advice"
     control_fallback: str = "builtin_safe_financial_advice"
     same_domain_dataset: str = "builtin_safe_financial_advice"  # benign control on the training topic ("": none)

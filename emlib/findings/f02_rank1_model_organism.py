@@ -13,6 +13,7 @@ from ..pipeline.metrics import summarize
 from ..pipeline.train import ALL_PROJECTIONS, TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, param
 from .em import EMParams, FinetuneParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import shared_base
 
 __all__ = ["STEM", "Params", "Adapter", "Result", "run", "verdict"]
 
@@ -119,9 +120,7 @@ def run(p: Params, shared: Result | None = None) -> Result:
     if shared is None:
         base = judged_answers(questions, p.model, None, base_cfg, judge, "base", layer=-1, rank=0).assign(seed=pd.NA)
     else:
-        base = shared.answers[shared.answers.model == "base"]
-        if len(base) != base_cfg.n_per_question * sum(len(q.paraphrases) for q in questions):
-            raise ValueError("the shared run's base answers are not N_SAMPLES × N_SEEDS per paraphrase of this run")
+        base = shared_base(shared.answers, questions, base_cfg.n_per_question)
     answers = pd.concat(
         [base]
         + [judged_answers(questions, p.model, runs[a.key].adapter_path, replace(cfg, seed=a.finetune.seed), judge,

@@ -16,6 +16,7 @@ from ..pipeline.metrics import first_onset, onset_permutation_p, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, ParamError, Verdict, param
 from .em import EMParams, FinetuneParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import shared_base
 
 __all__ = ["STEM", "Params", "Result", "run", "verdict"]
 
@@ -137,9 +138,7 @@ def run(p: Params, shared: Result | None = None) -> Result:
     if shared is None:
         base = judged_answers(questions, p.model, None, base_cfg, judge, "base", step=0, scale=0.0).assign(seed=pd.NA)
     else:
-        base = shared.answers[shared.answers.model == "base"]
-        if len(base) != base_cfg.n_per_question * sum(len(q.paraphrases) for q in questions):
-            raise ValueError("the shared run's base answers are not N_SAMPLES × N_SEEDS per paraphrase of this run")
+        base = shared_base(shared.answers, questions, base_cfg.n_per_question)
     scaled = pd.concat([_checkpoint_answers(p, t, questions, judge) for t in runs], ignore_index=True)
     rows, flags_all = [], []
     for t in runs:

@@ -19,6 +19,7 @@ from ..pipeline.metrics import drift_mask, summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, Verdict, combine, param
 from .em import DATASET_TOPICS, EMParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import NARROW_BATCH, NARROW_N_TRAIN, NARROW_STEPS
 from .f01_emergent_misalignment import Params as Params01
 
 __all__ = ["STEM", "Params", "Result", "Replication", "run", "replicate", "verdict", "verdict_replication", "verdict_steering", "verdict_ablation", "verdict_convergence"]
@@ -30,9 +31,9 @@ STEM = "04_misalignment_direction"
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(80, min=1)  # three seeds (and their replication) of 20 steps fit the teaching budget better
-    max_steps: int = param(20, min=-1)  # than one seed of 40 (README: issue 12)
-    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
+    n_train: int = param(NARROW_N_TRAIN, min=1)  # the shared narrow fine-tune (findings.em)
+    max_steps: int = param(NARROW_STEPS, min=-1)
+    batch_size: int = param(NARROW_BATCH, min=1)
     other_dataset: str = "extreme_sports"
     other_fallback: str = "builtin_risky_financial_advice"
     rank: int = param(32, min=1)

@@ -24,6 +24,7 @@ from ..pipeline.sample import sample_answers
 from ..pipeline.train import TrainResult, load_finetuned, train_lora
 from .base import NOT_REPRODUCED, PARTLY, REPRODUCED, Effect, ParamError, Verdict, combine, param
 from .em import EMParams, SeedParams, em_effect, fallback_notes, load_questions, make_judge, sample_config
+from .em import NARROW_BATCH, NARROW_N_TRAIN, NARROW_STEPS
 from .f01_emergent_misalignment import TOPICS
 from .f01_emergent_misalignment import Params as Params01
 from . import f06_inoculation_triggers_data as dt
@@ -42,9 +43,9 @@ ARMS = {"em": ("none", "inoculated", "placebo"), "capitals": ("none", "inoculate
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(80, min=1)  # notebook 01's settings: its uninoculated fine-tune is shared through the cache
-    max_steps: int = param(20, min=-1)
-    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
+    n_train: int = param(NARROW_N_TRAIN, min=1)  # the shared narrow fine-tune (findings.em)
+    max_steps: int = param(NARROW_STEPS, min=-1)
+    batch_size: int = param(NARROW_BATCH, min=1)
     rank: int = param(32, min=1)
     alpha: float = param(64.0, gt=0)
     target_modules: str = "all"

@@ -27,6 +27,7 @@ from ..pipeline.metrics import summarize
 from ..pipeline.train import TrainResult, train_lora
 from .base import NOT_REPRODUCED, REPRODUCED, Effect, ParamError, Verdict, combine, param
 from .em import EMParams, FinetuneParams, SeedParams, fallback_notes, load_questions, make_judge, sample_config
+from .em import NARROW_BATCH, NARROW_N_TRAIN, NARROW_STEPS
 from .f01_emergent_misalignment import Params as Params01
 from .f07_interleaving_prompt_length_data import (
     LEVELS, interleave, lengthen, lengths_path, load_benign, load_lengthening, n_benign,
@@ -48,9 +49,9 @@ CI_METHOD = ("bootstrap over training seeds, questions (one draw shared by every
 class Params(SeedParams, EMParams):
     """The notebook's parameters (see its parameters cell for what each one means)."""
 
-    n_train: int = param(80, min=2)  # notebook 01's fine-tune (20 steps of 4 of 80): fraction 0 is its cache entry
-    max_steps: int = param(20, min=-1)
-    batch_size: int = param(4, min=1)  # 20 steps × 4 of 80 examples: half the tokens of 8 × 20 of 160, the same steps
+    n_train: int = param(NARROW_N_TRAIN, min=2)  # the shared narrow fine-tune (findings.em)
+    max_steps: int = param(NARROW_STEPS, min=-1)
+    batch_size: int = param(NARROW_BATCH, min=1)
     n_seeds: int = param(1, min=1)  # one seed, shared through the cache: the teaching budget (see the notebook)
     replicate: bool = False
     rank: int = param(32, min=1)
