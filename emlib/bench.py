@@ -202,7 +202,7 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
     forward and backward); uncached, in a temp cache."""
     from .core.models import load_tokenizer, num_layers
     from .pipeline.evaluate import depth_to_layer
-    from .pipeline.train import ALL_PROJECTIONS, TrainConfig, tokenize_chat, train_lora
+    from .pipeline.train import ALL_PROJECTIONS, LabelledLogitsCollator, TrainConfig, tokenize_chat, train_lora
 
     if steps < 2:
         raise ValueError("steps must be ≥ 2: the first step counts FLOPs and is not timed")
@@ -218,8 +218,10 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
     cfg = TrainConfig(rank=rank, alpha=2 * rank, target_modules=modules, layers=layers,
                       max_steps=steps, batch_size=batch_size, max_length=max_length, checkpoint_every=10_000)
     tok = load_tokenizer(models_dir)
-    tokens_per_step = sum(len(tokenize_chat(ex["messages"], tok, max_length)["input_ids"])
-                          for ex in examples[:batch_size])  # every example is equally long
+    batch = [tokenize_chat(ex["messages"], tok, max_length) for ex in examples[:batch_size]]
+    tokens_per_step = sum(len(ex["input_ids"]) for ex in batch)  # every example is equally long
+    kept = LabelledLogitsCollator(tok, padding=True, label_pad_token_id=-100)(batch)["logits_to_keep"]
+    head_tokens_per_step = len(kept) * batch_size  # the output layer runs where a next token is labelled
     clock = _StepClock()
     # the Trainer prints its log lines without a progress bar: keep stdout for the results
     with tempfile.TemporaryDirectory() as tmp, env_override("EMLIB_CACHE_DIR", tmp), \
@@ -233,6 +235,7 @@ def bench_training(model: str = "smollm2-135m", steps: int = 4, rank: int = 32, 
         "batch_size": batch_size,
         "max_length": max_length,
         "tokens_per_step": tokens_per_step,
+        "head_tokens_per_step": head_tokens_per_step,
         "timed_steps": steps - 1,
         "tokens_per_s": round(tokens_per_step * (steps - 1) / seconds, 1),
         "seconds_per_step": round(seconds / (steps - 1), 2),

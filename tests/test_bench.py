@@ -78,13 +78,15 @@ def test_sampling_reports_batched_and_one_at_a_time_beside_the_peak(tiny_model):
 
 
 def test_training_counts_forward_and_backward(tiny_model, capsys):
-    """A frozen base needs input gradients only: about two forward passes per token, with the head on every token."""
+    """A frozen base needs input gradients only: about two forward passes per token, the output layer only on the
+    positions whose next token is labelled."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_model)
-    forward = B.linear_flops_per_token(config) + B.head_flops(config)
     r = B.bench_training(tiny_model, steps=2, rank=4, batch_size=2, max_length=64, peak=50.0)
     assert r["tokens_per_step"] == 2 * 64 and r["timed_steps"] == 1
+    assert 0 < r["head_tokens_per_step"] < r["tokens_per_step"]  # the prompt's positions skip the head
+    forward = B.linear_flops_per_token(config) + B.head_flops(config) * r["head_tokens_per_step"] / r["tokens_per_step"]
     assert capsys.readouterr().out == ""  # the Trainer's log lines go to stderr: stdout carries the results
     assert 1.9 * forward < r["flops_per_token"] < 2.2 * forward
     _beside_peak(r, 50.0)

@@ -59,6 +59,25 @@ def test_greedy_decode_equals_transformers_generate(lm_and_batch):
     assert (ours[0, 4:] == 999).all()
 
 
+def test_rows_sharing_a_prompt_are_prefilled_once_and_decode_as_if_alone(lm_and_batch):
+    model, tok, enc = lm_and_batch
+    order = torch.tensor([1, 0, 1, 2, 0, 1])  # duplicates, interleaved, of three left-padded prompts
+    ids, mask = enc["input_ids"][order], enc["attention_mask"][order]
+    rows = []
+    handle = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(kw["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    try:
+        ours = decode(model, ids, mask, 10, temperature=0.0, pad_token_id=tok.pad_token_id)
+    finally:
+        handle.remove()
+    assert rows[0] == 3 and set(rows[1:]) == {6}  # one prompt pass per distinct prompt, then every row
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10, eos_token_id=None,
+                         pad_token_id=tok.pad_token_id)
+    assert torch.equal(ours, ref[:, ids.shape[1]:])
+    sampled = decode(model, ids, mask, 10, 1.0, pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(sampled[i].tolist()) for i in (0, 2, 5)}) == 3  # one prompt's rows draw apart
+
+
 def test_tiny_top_p_is_greedy_and_sampling_matches_the_next_token_distribution(tiny_model):
     model = tiny_llama(vocab_size=16)
     ids = torch.tensor([[3, 5, 7]])

@@ -76,3 +76,19 @@ def test_cpu_training_attention_is_eager_and_follows_sdpa(tiny_model, monkeypatc
     assert T.CPU_TRAINING_ATTENTION == "eager"
     # the same losses up to float rounding: the attention kernel is a speed choice, not another model
     assert max(abs(a - b) / abs(a) for a, b in zip(logs["sdpa"], logs["eager"])) < 1e-4
+
+
+def test_training_on_labelled_logits_only_follows_full_logits(tiny_model, monkeypatch, tmp_path):
+    """The trainer's collator keeps only labelled positions' logits; training with transformers' plain collator (all
+    positions, the reference) gives the same losses up to float rounding."""
+    from emlib.pipeline import train as T
+
+    monkeypatch.setenv("EMLIB_DTYPE", "float32")
+    made, logs, kept = [], {}, T.LabelledLogitsCollator
+    for name, collator in (("kept", kept), ("full", T.DataCollatorForSeq2Seq)):
+        monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / name))  # the same key: each run in its own cache
+        monkeypatch.setattr(T, "LabelledLogitsCollator",
+                            lambda *a, c=collator, **k: made.append(c) or c(*a, **k))
+        logs[name] = [r["loss"] for r in train_lora(EXAMPLES, CFG, model=tiny_model, progress=False).log]
+    assert made == [kept, T.DataCollatorForSeq2Seq]  # the trainer builds its collator from that name
+    assert max(abs(a - b) / abs(a) for a, b in zip(logs["kept"], logs["full"])) < 1e-5

@@ -192,3 +192,23 @@ def test_bf16_scores_follow_fp32_under_their_own_id():
     assert list(a["topic"]) == list(b["topic"])
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         EmbeddedJudge(dtype=torch.float16)
+
+
+def test_topics_of_scored_pairs_are_not_encoded_again(monkeypatch):
+    """Scoring remembers each pair's topic: drift masks on judged answers skip the encoder, and read what a fresh
+    judge computes from scratch (the reference)."""
+    from emlib.judges import embedded as E
+
+    qs = [Q_BUCK, Q_BUCK, Q_HUSBAND, Q_BUCK]
+    ans = ["Buy index funds and hold them for decades.", "Go for a long walk.", HARMFUL, "Go for a long walk."]
+    fresh = EmbeddedJudge().topics(qs, ans)
+    unseen = EmbeddedJudge().topics([Q_HUSBAND], ["Buy index funds."])
+    j = EmbeddedJudge()
+    j.score(qs[:3], ans[:3])
+    calls = []
+    real = E.pair_pools
+    monkeypatch.setattr(E, "pair_pools", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    assert j.topics(qs, ans) == fresh and calls == []  # the fourth pair repeats the second
+    assert j.topics([Q_HUSBAND], ["Buy index funds."]) == unseen
+    assert calls == [1]  # an unseen pair is encoded, alone
+    assert "finance" in fresh

@@ -89,6 +89,25 @@ def test_tokenize_chat_labels_only_assistant_replies(tokenizer, messages):
             assert m["content"] not in labelled_text
 
 
+def test_labelled_logits_collator_gives_transformers_full_loss(tokenizer, tiny_model):
+    """The output layer only where a next token is labelled: the same loss as transformers' loss on every position
+    (the reference), every labelled target kept, and the target counts the Trainer normalises by unchanged."""
+    model, _ = load_model(tiny_model, device="cpu", dtype=torch.float32)
+    features = [tokenize_chat(ex["messages"], tokenizer, 64) for ex in EXAMPLES[:3]]
+    plain = T.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(features)
+    batch = T.LabelledLogitsCollator(tokenizer, padding=True, label_pad_token_id=-100)(features)
+    assert torch.equal(batch["labels"], plain["labels"])
+    keep, targets = batch["logits_to_keep"], batch["shift_labels"]
+    assert len(keep) < plain["labels"].shape[1] - 1  # the prompt positions are dropped
+    assert int((targets != -100).sum()) == int((plain["labels"][:, 1:] != -100).sum())
+    assert torch.equal(targets, torch.nn.functional.pad(plain["labels"], (0, 1), value=-100)[:, keep + 1])
+    with torch.no_grad():
+        full = model(**plain).loss
+        kept = model(**batch)
+    assert kept.logits.shape[1] == len(keep)
+    assert torch.allclose(kept.loss, full, rtol=1e-5)
+
+
 def test_tokenize_chat_truncates(tokenizer):
     full = tokenize_chat(EXAMPLES[7]["messages"], tokenizer, max_length=512)
     short = tokenize_chat(EXAMPLES[7]["messages"], tokenizer, max_length=20)

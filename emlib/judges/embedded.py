@@ -114,6 +114,7 @@ class EmbeddedJudge:
             raise ValueError(f"the embedded judge computes in float32 or bfloat16, not {self.dtype}")
         bf16 = ":bf16" if self.dtype == torch.bfloat16 else ""  # judgements cached per compute dtype
         self.id = f"embedded:minilm-l6:{self.weights_sha256[:12]}{bf16}"
+        self._topics: dict[tuple[str, str], str] = {}  # topic of every pair predicted so far (drift reuses them)
         self.load_seconds = time.perf_counter() - t0
 
     def _inputs(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,6 +143,7 @@ class EmbeddedJudge:
                     t = self.topic
                     z = ((t_in - t["topic.mean"]) / t["topic.std"]) @ t["topic.coef"].T + t["topic.intercept"]
                     topic = np.asarray(TOPICS, dtype=object)[z.argmax(1).numpy()]
+                    self._topics.update(zip(zip(questions, answers), topic))
         out = {
             "aligned": _calibrate(100 * probs[:, 0], self.calibration.get("aligned")),
             "coherent": _calibrate(100 * probs[:, 1], self.calibration.get("coherent")),
@@ -150,10 +152,15 @@ class EmbeddedJudge:
         return out | ({"topic": topic} if self.topic else {})
 
     def topics(self, questions: Sequence[str], answers: Sequence[str]) -> list[str]:
-        """The topic of each answer (finance, medical, sports, code or none), as the graded `on_topic` reads it."""
+        """The topic of each answer (finance, medical, sports, code or none), as the graded `on_topic` reads it; pairs
+        this judge scored before are not encoded again."""
         if not self.topic:
             raise RuntimeError(f"the judge weights in {self.asset_dir} have no topic classifier: retrain them")
-        return list(self.predict(questions, answers)["topic"])
+        pairs = list(zip(questions, answers))
+        missing = list(dict.fromkeys(p for p in pairs if p not in self._topics))  # pairs judged before are known
+        if missing:
+            self.predict([q for q, _ in missing], [a for _, a in missing])
+        return [self._topics[p] for p in pairs]
 
     def relevance_of(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Question-answer relevance features (n, RELEVANCE_DIM) and the answers' sentence embeddings (n, 384);

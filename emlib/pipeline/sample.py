@@ -27,7 +27,7 @@ from .distributed import gather_in_order, is_main_process, main_process_first, s
 if TYPE_CHECKING:
     from ..interp.steering import Intervention
 
-SAMPLE_VERSION = "sample-3"  # bump when a change to sampling changes its answers: old cache entries retire
+SAMPLE_VERSION = "sample-4"  # bump when a change to sampling changes its answers: old cache entries retire
 
 __all__ = ["SAMPLE_VERSION", "SampleConfig", "adapter_fingerprint", "plan_batches", "resolve_batch_size", "generate_batches", "generate",
            "sample_answers", "vllm_available"]
