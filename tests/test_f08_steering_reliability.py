@@ -232,11 +232,27 @@ def test_spearman_its_draws_and_the_permutation_null():
     rho, draws = st.spearman_draws(xd, -xd, seed=0)
     assert np.nanmax(draws) == pytest.approx(-1.0)
     steer = np.arange(10.0)
-    own = st.set_statistic_draws(lambda i: steer[i].mean(), 10, 200, np.random.default_rng(0))
+    own = steer[st.draw_indices(10, 200, np.random.default_rng(0))].mean(1)
     assert own[0] == 4.5 and own.shape == (201,) and 3 < own[1:].mean() < 6
     assert 0.3 < st.permutation_q95(np.arange(12.0), np.arange(12.0), 500, 0) < 0.6  # 95th pct of ρ under shuffling
     with pytest.raises(ValueError, match="match"):
         st.spearman_draws(xd, xd[:, :3])
+
+
+def test_set_draws_of_cosine_and_dprime_equal_the_statistics_on_each_resample():
+    """The vectorised draws against `diff_cosines` and `dprime` (the reference) called on each resample in turn."""
+    rng = np.random.default_rng(3)
+    pos, neg = rng.normal(size=(10, 24)) + 0.5, rng.normal(size=(10, 24))
+    idx = st.draw_indices(10, 40, np.random.default_rng(1))
+    assert (idx[0] == np.arange(10)).all() and idx.shape == (41, 10)
+    for chunk in (7, 256):  # chunked or not, the same numbers
+        cos, dp = st.mean_cosine_draws(pos, neg, idx, chunk), st.dprime_draws(pos, neg, idx, chunk)
+        ref_cos = [st.diff_cosines(torch.from_numpy(pos[i]), torch.from_numpy(neg[i])).mean() for i in idx]
+        ref_dp = [st.dprime(torch.from_numpy(pos[i]), torch.from_numpy(neg[i])) for i in idx]
+        np.testing.assert_allclose(cos, ref_cos, rtol=1e-12)
+        np.testing.assert_allclose(dp, ref_dp, rtol=1e-10)
+    assert np.isnan(st.dprime_draws(pos, pos, idx[:2])).all()  # no difference: no direction, as dprime says
+    assert np.isnan(st.dprime(torch.from_numpy(pos), torch.from_numpy(pos)))
 
 
 def test_vector_cosines_between_types():

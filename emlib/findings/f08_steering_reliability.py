@@ -315,12 +315,10 @@ def _set_draws(arrays: dict, sets: list[str], j: int, t: str, p: Params) -> tupl
     x_cos, x_dp, y = [], [], []
     for k, s in enumerate(sets):
         pos, neg, steer = arrays[s][f"pos_{t}"].astype(float), arrays[s][f"neg_{t}"].astype(float), arrays[s]["steer"][:, j]
-        rng = np.random.default_rng([p.seed, k, j])
-        x_cos.append(st.set_statistic_draws(lambda i: st.diff_cosines(torch.from_numpy(pos[i]), torch.from_numpy(neg[i]))
-                                            .mean(), len(pos), p.n_boot, rng))
-        x_dp.append(st.set_statistic_draws(lambda i: st.dprime(torch.from_numpy(pos[i]), torch.from_numpy(neg[i])),
-                                           len(pos), p.n_boot, rng))
-        y.append(st.set_statistic_draws(lambda i: steer[i].mean(), len(steer), p.n_boot, rng))
+        rng = np.random.default_rng([p.seed, k, j])  # three draws of the items in turn, as they always were drawn
+        x_cos.append(st.mean_cosine_draws(pos, neg, st.draw_indices(len(pos), p.n_boot, rng)))
+        x_dp.append(st.dprime_draws(pos, neg, st.draw_indices(len(pos), p.n_boot, rng)))
+        y.append(steer[st.draw_indices(len(steer), p.n_boot, rng)].mean(1))
     return np.array(x_cos), np.array(x_dp), np.array(y)
 
 

@@ -4,14 +4,14 @@ permutation null, and the cosines between prompt types' vectors."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..core.stats import spearman_rows
 
-__all__ = ["diff_cosines", "dprime", "set_statistic_draws", "spearman", "spearman_draws", "permutation_q95",
+__all__ = ["diff_cosines", "dprime", "draw_indices", "mean_cosine_draws", "dprime_draws", "spearman", "spearman_draws", "permutation_q95",
            "vector_cosines"]
 
 
@@ -40,11 +40,36 @@ def dprime(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float((pp.mean() - pn.mean()) / spread) if spread > 0 else float("nan")
 
 
-def set_statistic_draws(stat: Callable[[np.ndarray], float], n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """stat(indices) on the set's own items (first entry) and on n_boot resamples of its n items with replacement."""
-    draws = [stat(np.arange(n))]
-    draws += [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
-    return np.array(draws, dtype=float)
+def draw_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """A set's own items (row 0) and n_boot resamples of its n items with replacement: (1 + n_boot) × n indices."""
+    return np.vstack([np.arange(n)[None], rng.integers(0, n, (n_boot, n))])
+
+
+def mean_cosine_draws(pos: np.ndarray, neg: np.ndarray, idx: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """The mean of `diff_cosines` over each row of `idx`'s items (rows of `draw_indices`), all rows at once."""
+    out = []
+    for start in range(0, len(idx), chunk):
+        d = pos[idx[start:start + chunk]].astype(np.float64) - neg[idx[start:start + chunk]]  # draws × n × d
+        ref = d.mean(1, keepdims=True)
+        norms = np.maximum(np.linalg.norm(d, axis=-1) * np.linalg.norm(ref, axis=-1), 1e-8)
+        out.append(((d * ref).sum(-1) / norms).mean(1))
+    return np.concatenate(out)
+
+
+def dprime_draws(pos: np.ndarray, neg: np.ndarray, idx: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """`dprime` on each row of `idx`'s items (rows of `draw_indices`), all rows at once; NaN where it is."""
+    out = []
+    for start in range(0, len(idx), chunk):
+        p, q = pos[idx[start:start + chunk]].astype(np.float64), neg[idx[start:start + chunk]].astype(np.float64)
+        v = p.mean(1) - q.mean(1)
+        norm = np.linalg.norm(v, axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit = v / norm
+            pp, pn = np.einsum("bnd,bd->bn", p, unit), np.einsum("bnd,bd->bn", q, unit)
+            spread = np.sqrt((pp.var(1) + pn.var(1)) / 2)
+            dp = (pp.mean(1) - pn.mean(1)) / spread
+        out.append(np.where((norm[:, 0] > 0) & (spread > 0), dp, np.nan))
+    return np.concatenate(out)
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -55,7 +80,7 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 def spearman_draws(x_draws: np.ndarray, y_draws: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
     """ρ across sets of two per-set statistics, and its two-stage bootstrap draws: each draw resamples the sets with
     replacement and takes, for each drawn set, one of its own within-set resamples. x_draws, y_draws: sets × (1 + B),
-    column 0 the statistic on the set's own items (as `set_statistic_draws` returns them)."""
+    column 0 the statistic on the set's own items (row 0 of `draw_indices`)."""
     if x_draws.shape != y_draws.shape or x_draws.ndim != 2:
         raise ValueError(f"draw arrays must match (sets × draws), got {x_draws.shape} and {y_draws.shape}")
     k, b = x_draws.shape[0], x_draws.shape[1] - 1
