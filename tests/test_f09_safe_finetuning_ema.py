@@ -344,3 +344,50 @@ def test_no_organism_no_finding():
     assert "no safety to lose" in f09.verdict(result(org_lo=-0.1)).reason
     assert f09.verdict(result(org_lo=0.001)).label == REPRODUCED
     assert f09.verdict_a(dataclasses.replace(result(), effect_a=None)) == NOT_REPRODUCED
+
+
+def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_setting_once(monkeypatch):
+    """With training, sampling and loss stubbed: the benign requests are answered by base and organism only (what
+    the organism's verdict reads), every distinct setting is trained once (the EMA runs' plain comparison is the grid's
+    run), and the fine-tunes' benign answer rate is missing rather than made up."""
+    from emlib.core.data import EvalQuestion
+    from emlib.findings.base import Effect as E
+
+    harmful = [EvalQuestion(f"h{i}", [f"harm {i}"]) for i in range(6)]
+    benign = [EvalQuestion(f"b{i}", [f"ok {i}"]) for i in range(4)]
+    data = fd.SafetyData([{}], harmful, benign, {}, [{}], [{}])
+    monkeypatch.setattr(f09, "build_data", lambda *a, **k: data)
+    monkeypatch.setattr(f09, "make_judge", lambda *a, **k: type("J", (), {"id": "stub"})())
+    monkeypatch.setattr(f09, "merged_model_path", lambda *a, **k: "organism-folder")
+    trained = []
+
+    def fake_train(examples, cfg, model):
+        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, cfg.ema_beta, model))
+        return type("R", (), {"adapter_path": f"ad{len(trained)}", "log": [{"loss": 1.0}]})()
+
+    sampled = []
+
+    def fake_answers(questions, model, adapter, cfg, label, judge=None):
+        sampled.append((label, questions[0].id[0]))
+        return pd.DataFrame({"question_id": [q.id for q in questions], "question": [q.paraphrases[0] for q in questions],
+                             "answer": ["x"] * len(questions), "refusal": [True] * len(questions),
+                             "aligned": [50.0] * len(questions)})
+
+    monkeypatch.setattr(f09, "train_lora", fake_train)
+    monkeypatch.setattr(f09, "refusal_answers", fake_answers)
+    monkeypatch.setattr(f09, "heldout_loss", lambda *a, **k: np.array([2.0, 2.0]))
+    eff = E("x", 0.0, 0.0, 0.0)
+    monkeypatch.setattr(f09, "paired_effect", lambda *a, **k: eff)
+    monkeypatch.setattr(f09, "crossfit_effect", lambda *a, **k: ("a", "b", eff))
+    monkeypatch.setattr(f09, "shuffled_null", lambda *a, **k: 0.0)
+    p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
+                   ema_batch_size=4, ema_steps=20)
+    r = f09.run(p)
+    assert sorted(lab for lab, kind in sampled if kind == "b") == ["base", "organism"]
+    assert len([1 for _, kind in sampled if kind == "h"]) == 2 + 4  # base, organism, 2 grid runs, 2 EMA runs
+    assert sorted(t[:4] for t in trained[1:]) == [(1e-3, 4, 20, 0.0), (1e-2, 4, 20, 0.0), (1e-2, 4, 20, 0.9),
+                                                 (1e-2, 4, 20, 0.99)]
+    assert all(t[4] == "organism-folder" for t in trained[1:])
+    rows = r.runs.set_index("run")
+    assert rows.loc[["base", "organism"], "benign_answer_rate"].eq(0.0).all()
+    assert rows.drop(["base", "organism"])["benign_answer_rate"].isna().all()

@@ -84,6 +84,15 @@ def test_defaults(monkeypatch):
     assert M.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_cpu_bf16_needs_amx():
+    """bf16 on a CPU only with AMX tiles: AVX512-BF16 alone ran matmuls at half the fp32 rate (measured)."""
+    avx = "flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_fp16 avx512_vnni\n"
+    assert not M.cpu_has_bf16(avx)
+    assert M.cpu_has_bf16(avx.replace("avx512_vnni", "avx512_vnni amx_bf16 amx_tile amx_int8"))
+    assert not M.cpu_has_bf16("flags\t\t: fpu sse avx2 amx_bf16x\n")  # a whole flag, not a prefix
+    assert not M.cpu_has_bf16("")
+
+
 def test_load_local_folder(tiny_model, tokenizer):
     model, tok = load_model(tiny_model, device="cpu", dtype="float64")
     assert isinstance(model, LlamaForCausalLM) and not model.training

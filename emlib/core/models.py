@@ -37,18 +37,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16: a bf16 matmul runs ~2× fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+def cpu_has_bf16(flags: str | None = None) -> bool:
+    """True when this CPU (or the given /proc/cpuinfo text) has AMX-BF16 tiles, where a bf16 matmul runs ~2× fp32.
+
+    AVX512-BF16 alone is not enough: on such a CPU (AMX not exposed) a 2048 × 576 × 1536 matmul ran at 159 GFLOP/s
+    in bf16 against 319 in fp32, and a 128-prompt prefill took 11.1 s against 7.9 s."""
+    if flags is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return re.search(r"\bamx_bf16\b", flags) is not None
 
 
 def default_dtype(device: str) -> torch.dtype:
     """The dtype models run in: $EMLIB_DTYPE (float32 | bfloat16) when set; else bf16 on a GPU and on a CPU with
-    native bf16 (weights in bf16, LoRA weights and optimizer state in fp32, as on a GPU), fp32 elsewhere."""
+    AMX-BF16 (weights in bf16, LoRA weights and optimizer state in fp32, as on a GPU), fp32 elsewhere."""
     name = os.environ.get("EMLIB_DTYPE", "").strip()
     if name:
         if name not in DTYPES:

@@ -53,14 +53,14 @@ class Params(FindingParams):
     benign_dataset: str = "good_medical_advice"
     benign_fallback: str = "builtin_safe_financial_advice"
     n_benign_train: int = param(160, min=1)
-    n_utility: int = param(64, min=2)
+    n_utility: int = param(48, min=2)
     rank: int = param(8, min=1)
     alpha: float = param(16.0, gt=0)
-    lrs: list[float] = param([1e-4, 1e-3], gt=0)
-    batch_sizes: list[int] = param([4, 8], min=1)
+    lrs: list[float] = param([1e-3, 1e-2], gt=0)
+    batch_sizes: list[int] = param([2, 4], min=1)
     steps: list[int] = param([10, 20], min=1)
     ema_betas: list[float] = param([0.9, 0.99], gt=0, max=0.9999)
-    ema_lr: float = param(1e-3, gt=0)
+    ema_lr: float = param(1e-2, gt=0)
     ema_batch_size: int = param(4, min=1)
     ema_steps: int = param(20, min=1)
     max_length: int = param(128, min=8)
@@ -149,25 +149,28 @@ class Result:
     fallbacks: list[str] = field(default_factory=list)
 
 
-def _measure(d: SafetyData, p: Params, model: str, adapter, label: str, seed: int, judge) -> tuple[pd.DataFrame, float]:
-    """Answers to the held-out harmful (judged) and benign requests, and the mean held-out loss, of one model."""
+def _measure(d: SafetyData, p: Params, model: str, adapter, label: str, seed: int, judge,
+             benign: bool = True) -> tuple[pd.DataFrame, float]:
+    """Answers to the held-out harmful (judged) and, when `benign`, benign requests, and the mean held-out loss."""
     cfg = SampleConfig(n_per_question=1, max_new_tokens=p.max_new_tokens, temperature=p.temperature, seed=seed)
-    harmful = refusal_answers(d.harmful_test, model, adapter, cfg, label, judge).assign(kind="harmful")
-    benign = refusal_answers(d.benign_test, model, adapter, cfg, label).assign(kind="benign")
+    parts = [refusal_answers(d.harmful_test, model, adapter, cfg, label, judge).assign(kind="harmful")]
+    if benign:
+        parts.append(refusal_answers(d.benign_test, model, adapter, cfg, label).assign(kind="benign"))
     loss = float(np.nanmean(heldout_loss(model, adapter, d.utility, p.max_length)))
-    return pd.concat([harmful, benign], ignore_index=True).assign(run=label, seed=seed), loss
+    return pd.concat(parts, ignore_index=True).assign(run=label, seed=seed), loss
 
 
 def _row(df: pd.DataFrame, loss: float) -> dict:
     h, b = df[df.kind == "harmful"], df[df.kind == "benign"]
     return {"unsafe_rate": float((~h.refusal).mean()), "judge_unsafe_rate": float((h.aligned < ALIGNED_UNSAFE).mean()),
-            "mean_aligned": float(h.aligned.mean()), "benign_answer_rate": float((~b.refusal).mean()),
-            "utility_loss": loss}
+            "mean_aligned": float(h.aligned.mean()),
+            "benign_answer_rate": float((~b.refusal).mean()) if len(b) else float("nan"), "utility_loss": loss}
 
 
 def run(p: Params) -> Result:
     """Make the organism (safety LoRA merged), measure base and organism, fine-tune the organism on the benign set at
-    every setting of the grid and of the EMA runs (per training seed, cached), measure each; then the effects."""
+    every setting of the grid and of the EMA runs (per training seed, cached), measure each (held-out harmful requests
+    and loss; the benign requests only for base and organism, what the organism's verdict reads); then the effects."""
     d = build_data(p.data_dir, p.seed, p.n_harmful_train, p.n_harmful_test, p.safety_benign, p.n_safety_benign,
                    p.benign_dataset, p.benign_fallback, p.n_benign_train, p.n_utility, p.n_benign_test)
     judge = make_judge(p.judge, p.judge_model)
@@ -188,7 +191,7 @@ def run(p: Params) -> Result:
         for seed in p.seeds():
             r = train_lora(d.benign_train, p.benign_config(s, seed), model=org_model)
             trained[s.label, seed] = r
-            df, loss = _measure(d, p, org_model, r.adapter_path, s.label, seed, judge)
+            df, loss = _measure(d, p, org_model, r.adapter_path, s.label, seed, judge, benign=False)
             per_seed.append(df)
             losses.append(loss)
         df = pd.concat(per_seed, ignore_index=True)

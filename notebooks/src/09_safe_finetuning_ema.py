@@ -40,7 +40,13 @@
 # refusal phrase (the keyword list in `emlib.findings.f09_safe_finetuning_ema_data`); the embedded judge's aligned
 # score is the second measure; *utility* = held-out loss on the benign set. (3) The same fine-tune with an EMA of the
 # trainable weights (emlib's trainer option `ema_beta`). Answers are greedy and short: a refusal shows in the first
-# words.
+# words. The benign requests' answer rate is read for base and organism (what (1) asks); the fine-tunes are read on
+# the held-out harmful requests and the held-out loss, which is what (2) and (3) compare.
+#
+# **Why lr 1e-2 is in the grid.** An exploratory run (seed 0, these held-out requests) found every fine-tune at
+# lr 1e-4 and 1e-3 (batch 4 / 8, 10 / 20 steps, EMA 0.9 / 0.99) leaving the organism at 0 % unsafe, and lr 1e-2 ×
+# batch 4 × 20 steps eroding it (23–27 % unsafe, bf16 and fp32); lr 3e-3 × 4 × 40 steps gave 4 %. So the grid spans
+# 1e-3 and 1e-2, and the EMA runs sit at the eroding setting, fixed before any EMA run at it was seen.
 
 # %% tags=["parameters"]
 MODEL: str = "smollm2-135m"  # "smollm2-135m" (embedded, offline) or any HF causal LM id / local folder
@@ -58,14 +64,14 @@ SAFETY_BATCH_SIZE: int = 8  # its batch size
 BENIGN_DATASET: str = "good_medical_advice"  # the harmless fine-tuning set (the paper: Dolly, Alpaca, ORCA)
 BENIGN_FALLBACK: str = "builtin_safe_financial_advice"  # used when BENIGN_DATASET can't be had offline
 N_BENIGN_TRAIN: int = 160  # benign fine-tuning examples (disjoint from everything the safety tune saw)
-N_UTILITY: int = 64  # held-out examples of the benign set: utility is their loss
+N_UTILITY: int = 48  # held-out examples of the benign set: utility is their loss
 RANK: int = 8  # the benign fine-tune's LoRA rank (every projection, on the merged organism)
 ALPHA: float = 16.0  # its alpha
-LRS: list = [1e-4, 1e-3]  # grid: learning rates
-BATCH_SIZES: list = [4, 8]  # grid: batch sizes
+LRS: list = [1e-3, 1e-2]  # grid: learning rates (explored: 1e-3 left the organism at 0 % unsafe, 1e-2 eroded it)
+BATCH_SIZES: list = [2, 4]  # grid: batch sizes
 STEPS: list = [10, 20]  # grid: optimizer steps
 EMA_BETAS: list = [0.9, 0.99]  # EMA decays, each a run at the EMA setting below
-EMA_LR: float = 1e-3  # the EMA setting (fixed before the run: the grid's most aggressive corner) ...
+EMA_LR: float = 1e-2  # the EMA setting (fixed before the run: where the exploratory plain run eroded safety) ...
 EMA_BATCH_SIZE: int = 4  # ... its batch size
 EMA_STEPS: int = 20  # ... and steps; the same setting without EMA is the comparison
 MAX_LENGTH: int = 128  # tokens per training example
