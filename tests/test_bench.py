@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,6 +62,10 @@ def test_matmul_peak_is_the_best_size_and_says_what_it_ran_on():
     assert peak["dtype"] == "float32" and peak["device"] == "cpu"
     assert peak["threads"] == torch.get_num_threads() and peak["torch"] == torch.__version__
     assert B.matmul_peak(sizes=(64,), repeats=1, dtype=torch.bfloat16)["dtype"] == "bfloat16"
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert peak["cpu_amx_bf16"] == ("amx_bf16" in cpuinfo.split())  # read independently: whole flag words
+    assert peak["cpu"] == next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                                if ln.startswith("model name")), "")
 
 
 def _beside_peak(record: dict, peak: float) -> None:
