@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -29,9 +27,9 @@ from transformers import TrainerCallback
 
 from .core.cache import atomic_write_json
 from .core.io import chat_ids, chat_text, env_override
-from .core.models import cpu_has_bf16, decoder_dims, default_device, default_dtype, resolve_model_path
+from .core.models import cpu_has_bf16, cpu_model, decoder_dims, default_device, default_dtype, resolve_model_path
 
-__all__ = ["cpu_model", "matmul_gflops", "matmul_peak", "linear_flops_per_token", "head_flops", "generation_flops",
+__all__ = ["matmul_gflops", "matmul_peak", "linear_flops_per_token", "head_flops", "generation_flops",
            "forward_flops", "bench_sampling", "bench_training", "bench_judge", "bench_capture", "bench_cache",
            "run_benchmarks", "BENCHMARKS"]
 
@@ -94,16 +92,6 @@ def matmul_peak(sizes: Sequence[int] = (512, 1024, 2048), repeats: int = 5,
         "cpu": cpu_model(),
         "cpu_amx_bf16": cpu_has_bf16(),
     }
-
-
-def cpu_model() -> str:
-    """This CPU's model name from /proc/cpuinfo ("" where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    return match.group(1).strip() if match else ""
 
 
 def _beside(gflops: float, peak: float) -> dict[str, float]:

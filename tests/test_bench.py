@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode

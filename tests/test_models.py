@@ -87,10 +87,13 @@ def test_defaults(monkeypatch):
 def test_cpu_bf16_needs_amx():
     """bf16 on a CPU only with AMX tiles: AVX512-BF16 alone ran matmuls at half the fp32 rate (measured)."""
     avx = "flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_fp16 avx512_vnni\n"
-    assert not M.cpu_has_bf16(avx)
-    assert M.cpu_has_bf16(avx.replace("avx512_vnni", "avx512_vnni amx_bf16 amx_tile amx_int8"))
-    assert not M.cpu_has_bf16("flags\t\t: fpu sse avx2 amx_bf16x\n")  # a whole flag, not a prefix
-    assert not M.cpu_has_bf16("")
+    assert not M.amx_bf16_flag(avx)
+    assert M.amx_bf16_flag(avx.replace("avx512_vnni", "avx512_vnni amx_bf16 amx_tile amx_int8"))
+    assert not M.amx_bf16_flag("flags\t\t: fpu sse avx2 amx_bf16x\n")  # a whole flag, not a prefix
+    assert not M.amx_bf16_flag("")
+    info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: fpu\n"
+    assert M.cpu_model(info) == "Intel(R) Xeon(R) Processor"
+    assert M.cpu_model("processor\t: 0\n") == ""
 
 
 def test_load_local_folder(tiny_model, tokenizer):

