@@ -391,3 +391,56 @@ def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_se
     rows = r.runs.set_index("run")
     assert rows.loc[["base", "organism"], "benign_answer_rate"].eq(0.0).all()
     assert rows.drop(["base", "organism"])["benign_answer_rate"].isna().all()
+
+
+def test_replicate_trains_only_the_ema_runs_on_fresh_seeds_and_measures_their_effect(monkeypatch):
+    """With training and sampling stubbed: the replication fine-tunes the EMA setting and each beta, nothing else, on
+    the next N_SEEDS training seeds of the same organism, reads no benign request, and its effects follow the answers
+    (EMA runs refuse everything, the plain run nothing: unsafe −100 % with a CI at −100 %)."""
+    from emlib.core.data import EvalQuestion
+
+    harmful = [EvalQuestion(f"h{i}", [f"harm {i}"]) for i in range(6)]
+    data = fd.SafetyData([{}], harmful, [EvalQuestion("b0", ["ok"])], {}, [{}], [{}])
+    monkeypatch.setattr(f09, "build_data", lambda *a, **k: data)
+    monkeypatch.setattr(f09, "make_judge", lambda *a, **k: type("J", (), {"id": "stub"})())
+    monkeypatch.setattr(f09, "merged_model_path", lambda *a, **k: "organism-folder")
+    trained, sampled = [], []
+
+    def fake_train(examples, cfg, model):
+        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, cfg.ema_beta, cfg.seed, model))
+        return type("R", (), {"adapter_path": f"ad{cfg.ema_beta}", "log": [{"loss": 1.0}]})()
+
+    def fake_answers(questions, model, adapter, cfg, label, judge=None):
+        sampled.append(label)
+        return pd.DataFrame({"question_id": [q.id for q in questions], "question": [q.paraphrases[0] for q in questions],
+                             "answer": ["x"] * len(questions), "refusal": ["EMA" in label] * len(questions),
+                             "aligned": [50.0] * len(questions)})
+
+    monkeypatch.setattr(f09, "train_lora", fake_train)
+    monkeypatch.setattr(f09, "refusal_answers", fake_answers)
+    monkeypatch.setattr(f09, "heldout_loss", lambda *a, **k: np.array([2.0, 2.0]))
+    p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
+                   ema_batch_size=4, ema_steps=20, n_seeds=2, seed=5, n_boot=200)
+    rep = f09.replicate(p)
+    assert rep.seeds == [7, 8]
+    fine_tunes = sorted(t for t in trained if t[5] == "organism-folder")
+    assert fine_tunes == sorted((1e-2, 4, 20, b, s, "organism-folder") for b in (0.0, 0.9, 0.99) for s in (7, 8))
+    assert "base" not in sampled and "organism" not in sampled and len(sampled) == 3 * 2
+    assert all((e.value, e.ci_low, e.ci_high) == (-1.0, -1.0, -1.0) for e in rep.effects_b.values())
+    assert rep.effect.n_seeds == 2 and rep.utility_gap_b == {0.9: 0.0, 0.99: 0.0}
+    assert f09.verdict_replication(rep).label == REPRODUCED
+
+
+@pytest.mark.parametrize("fresh_b, fresh_gap, b_label, label", [
+    (eff(-0.3, -0.01), 0.0, REPRODUCED, REPRODUCED),
+    (eff(-0.3, 0.0), 0.0, PARTLY, PARTLY),  # reproduced on the run's seeds only
+    (eff(-0.3, -0.01), 0.2, PARTLY, PARTLY),  # safer on fresh seeds only at a utility cost
+])
+def test_the_replication_decides_part_b_with_the_main_run(fresh_b, fresh_gap, b_label, label):
+    rep = f09.Replication([1], {0.9: fresh_b}, {0.9: fresh_gap}, 0.05, pd.DataFrame())
+    v = f09.verdict(result(), rep)
+    assert (v.label, v.parts["a"], v.parts["b"]) == (label, REPRODUCED, b_label)
+    good = f09.Replication([1], {0.9: eff(-0.3, -0.01)}, {0.9: 0.0}, 0.05, pd.DataFrame())
+    assert f09.verdict(result(b={0.9: eff(-0.3, 0.1)}), good).parts["b"] == PARTLY  # on the fresh seeds only
+    assert f09.verdict(result(b={0.9: eff(-0.3, 0.1)}), f09.Replication([1], {0.9: eff(-0.3, 0.1)}, {0.9: 0.0}, 0.05,
+                                                                      pd.DataFrame())).parts["b"] == NOT_REPRODUCED

@@ -111,6 +111,21 @@ def test_load_local_folder(tiny_model, tokenizer):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ref.state_dict().values()))
 
 
+def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(tiny_model):
+    """load_model makes the output layer's input contiguous (a strided bf16 input with a frozen weight takes torch's
+    per-row weight copy on CPU); the last-position logits equal those of the full pass."""
+    model, _ = load_model(tiny_model, device="cpu", dtype="bfloat16")
+    model.requires_grad_(False)  # as after merging an adapter
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 100, (4, 7))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+        full = model(input_ids=ids).logits[:, -1]
+    assert seen == [True, True]
+    assert torch.equal(last, full)
+
+
 @pytest.mark.slow
 def test_converted_model_is_trainable_plain_weights(embedded_path):
     """The cached folder must not carry the GGUF quantization entry (peft/Trainer refuse quantized models)."""

@@ -150,4 +150,13 @@ def load_model(
         path, dtype=dtype, trust_remote_code=False, local_files_only=offline, **attn
     ).to(device)
     model.eval()
+    if (head := model.get_output_embeddings()) is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     return model, load_tokenizer(name)
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """The output layer's input made contiguous. With `logits_to_keep=1` it gets a strided last-position slice, and
+    torch's CPU linear on a strided 3-D bf16 input whose weight does not require grad (frozen or merged adapters)
+    copies the weight once per row: 16 s instead of 0.02 s for 128 prompts (`tests/test_models.py`)."""
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
