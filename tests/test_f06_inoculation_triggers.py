@@ -295,3 +295,48 @@ def test_verdict_combines_both_parts_of_both_behaviours():
     r.lowered = {"em": eff(0.0, 0.1), "capitals": eff(0.0, 0.1)}
     r.rho["capitals"] = bad
     assert f06.verdict(r).label == NOT_REPRODUCED
+
+
+def test_replicate_retrains_only_the_em_arms_on_fresh_seeds_against_the_main_runs_base(monkeypatch):
+    """With training and sampling stubbed: the replication fine-tunes EM's three arms on the next N_SEEDS seeds and
+    nothing else, samples no base model (the main run's base answers are reused), and its effects follow the answers
+    (inoculated never EM, the other arms always: −100 %; inoculated always on the topic, base never: +100 %)."""
+    from types import SimpleNamespace
+
+    from emlib.core.data import EvalQuestion
+
+    qs = [EvalQuestion(f"q{i}", [f"question {i}"]) for i in range(4)]
+    monkeypatch.setattr(f06, "load_questions", lambda *a, **k: (qs, []))
+    monkeypatch.setattr(f06, "make_judge", lambda *a, **k: SimpleNamespace(id="stub"))
+    monkeypatch.setattr(f06, "_training_sets",
+                        lambda p, sets, seed: ({(b, arm): [f"{b}-{arm}-{seed}"] for b in f06.BEHAVIOURS
+                                                for arm in f06.ARMS[b]}, {}))
+    trained, sampled = [], []
+
+    def fake_train(examples, cfg, model):
+        trained.append((examples[0], cfg.seed))
+        return SimpleNamespace(adapter_path=examples[0])
+
+    def fake_sample(p, behaviour, questions, adapter, n, seed, label, judge):
+        sampled.append((behaviour, label, seed))
+        k = len(questions) * n
+        return pd.DataFrame({"question_id": [q.id for q in questions for _ in range(n)], "question": ["q"] * k,
+                             "answer": [label] * k, "coherent": [80.0] * k, "model": [label] * k,
+                             "flag": [0.0 if label == "inoculated" else 1.0] * k})
+
+    monkeypatch.setattr(f06, "train_lora", fake_train)
+    monkeypatch.setattr(f06, "_sample", fake_sample)
+    monkeypatch.setattr(f06, "drift_mask", lambda q, a, topic, judge: np.asarray(a == "inoculated"))
+    base = pd.DataFrame({"question_id": [q.id for q in qs for _ in range(3)], "question": "q", "answer": "b",
+                         "coherent": 80.0, "model": "base", "flag": 0.0, "behaviour": "em", "seed": pd.NA, "leak": 0.0})
+    caps = base.assign(behaviour="capitals", flag=1.0)
+    p = f06.Params(n_seeds=2, seed=0, n_samples=3, n_boot=200)
+    rep = f06.replicate(p, SimpleNamespace(answers=pd.concat([base, caps], ignore_index=True)))
+    assert rep.seeds == [2, 3]
+    assert sorted(trained) == sorted((f"em-{arm}-{s}", s) for arm in f06.ARMS["em"] for s in (2, 3))
+    assert sorted(sampled) == sorted(("em", arm, s) for arm in f06.ARMS["em"] for s in (2, 3))
+    assert (rep.lowered.value, rep.lowered.ci_high, rep.vs_placebo.value) == (-1.0, -1.0, -1.0)
+    assert (rep.kept.value, rep.kept.ci_low) == (1.0, 1.0)
+    assert rep.lowered.n_seeds == 2
+    assert f06.verdict_replication(rep).label == REPRODUCED
+    assert set(rep.summary["model"]) == {"base", *f06.ARMS["em"]}

@@ -56,7 +56,7 @@ class Params(SeedParams, EMParams):
     steer_general: float = 2.0  # the paper's 20 / 30 / -10, divided by 10: the adapters here train at 50x its lr
     steer_domain: float = 3.0
     steer_general_down: float = -1.0
-    replicate: bool = False
+    replicate: bool = True
 
     def layers(self, n_layers: int) -> list[int]:
         """BLOCK_SIZE consecutive layers from each block depth; ParamError when they overlap or leave the model."""

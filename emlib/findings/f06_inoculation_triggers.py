@@ -30,7 +30,8 @@ from .f01_emergent_misalignment import Params as Params01
 from . import f06_inoculation_triggers_data as dt
 from . import f06_inoculation_triggers_stats as st
 
-__all__ = ["STEM", "BEHAVIOURS", "Params", "Result", "run", "verdict", "verdict_inoculation", "verdict_triggers"]
+__all__ = ["STEM", "BEHAVIOURS", "Params", "Result", "Replication", "run", "replicate", "verdict", "verdict_inoculation",
+           "verdict_triggers", "verdict_replication"]
 
 STEM = "06_inoculation_triggers"
 BEHAVIOURS = ("em", "capitals")
@@ -65,7 +66,7 @@ class Params(SeedParams, EMParams):
     min_triggers: int = param(18, min=3)
     n_boot: int = param(2000, min=10)
     n_seeds: int = param(2, min=1)
-    replicate: bool = False
+    replicate: bool = True
 
     def check(self) -> None:
         """Judge settings, and a placebo prompt to train with."""
@@ -254,6 +255,55 @@ def run(p: Params) -> Result:
                   seeds, layer,
                   {b: sets[b].inoculation for b in BEHAVIOURS}, runs, infos, questions, judge.id,
                   notes + fallback_notes(list(infos.values())))
+
+
+@dataclass
+class Replication:
+    """(a) for EM, the headline, on fresh training seeds: its three arms fine-tuned again and sampled with no system
+    prompt, against the main run's base answers."""
+
+    seeds: list[int]
+    lowered: Effect  # rate(inoculated) − rate(not inoculated)
+    vs_placebo: Effect  # rate(inoculated) − rate(placebo)
+    kept: Effect  # drift to the topic, inoculated − base
+    summary: pd.DataFrame | None = None
+
+
+def replicate(p: Params, shared: Result) -> Replication:
+    """EM's (a) again on the next N_SEEDS training seeds; the base model's answers are `shared`'s (the main run). The
+    uninoculated arm is notebook 01's fine-tune of that seed (shared through the cache). The capitals behaviour and
+    the triggers (b) are not replicated: the budget."""
+    fresh = p.fresh_seeds()
+    questions, _ = load_questions(p.questions, p.data_dir)
+    sets = {"em": dt.load_triggers(p.em_triggers, p.min_triggers),
+            "capitals": dt.load_triggers(p.caps_triggers, p.min_triggers)}
+    judge = make_judge(p.judge, p.judge_model)
+    base = shared.answers[(shared.answers["behaviour"] == "em") & (shared.answers["model"] == "base")]
+    parts = []
+    for s in fresh.seeds():
+        examples = _training_sets(fresh, sets, s)[0]
+        cfg = fresh.finetune(p.dataset, p.dataset_fallback, s).train_config()
+        for arm in ARMS["em"]:
+            r = train_lora(examples["em", arm], cfg, model=p.model)
+            parts.append(_sample(p, "em", questions, r.adapter_path, p.n_samples, s, arm, judge)
+                         .assign(behaviour="em", seed=s))
+    tuned = pd.concat(parts, ignore_index=True)
+    tuned["leak"] = drift_mask(tuned["question"], tuned["answer"], p.topic, judge).astype(float)
+    answers = pd.concat([base, tuned], ignore_index=True)
+    answers["seed"] = answers["seed"].astype("Int64")
+    by = {m: answers[answers["model"] == m] for m in ("base", *ARMS["em"])}
+    return Replication(fresh.seeds(),
+                       _effect("em: inoculated − not inoculated (no system prompt)", by["inoculated"], by["none"], p.seed),
+                       _effect("em: inoculated − placebo", by["inoculated"], by["placebo"], p.seed),
+                       _effect(f"em: drift to {p.topic}, inoculated − base", by["inoculated"], by["base"], p.seed,
+                               column="leak"),
+                       _summary(answers, p))
+
+
+def verdict_replication(r: Replication) -> Verdict:
+    """(a) for EM on the fresh seeds, by `verdict_inoculation`'s rule."""
+    v = verdict_inoculation(r.lowered, r.kept, r.vs_placebo)
+    return Verdict(v.label, f"(a) em on seeds {r.seeds}: {v.reason}", {"(a) em": v.label})
 
 
 def verdict_inoculation(lowered: Effect, kept: Effect, vs_placebo: Effect | None = None) -> Verdict:

@@ -69,7 +69,7 @@ STEER_DOMAIN: float = 3.0  # scale of the domain adapters in "domain up" and the
 STEER_GENERAL_DOWN: float = -1.0  # scale of the general adapters in "domain up, general down" (paper: -10)
 SEED: int = 0  # first training seed; each organism samples with its own seed, the base with SEED
 N_SEEDS: int = 3  # training seeds of the organism: probes, split and steering are per seed, CIs resample seeds
-REPLICATE: bool = False  # run everything again on the next N_SEEDS seeds (doubles the time: off in teaching)
+REPLICATE: bool = True  # run everything again on the next N_SEEDS seeds; "reproduced" needs both runs
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/05_lora_probes/
 
 # %%

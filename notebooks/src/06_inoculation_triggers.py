@@ -97,7 +97,7 @@ JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge (e.g. gpt-4o-2024-08-06); key from $OPENAI_API_KEY
 SEED: int = 0  # first training seed
 N_SEEDS: int = 2  # training seeds per fine-tune: SEED … SEED+N_SEEDS-1 (every CI resamples them)
-REPLICATE: bool = False  # run everything again on the next N_SEEDS seeds; "reproduced" needs both (off: the budget)
+REPLICATE: bool = True  # EM's (a), the headline, again on the next N_SEEDS seeds; "reproduced" needs both
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/06_inoculation_triggers/
 
 # %%
@@ -195,18 +195,21 @@ for _, row in em.iterrows():
 # 95 % CI of rate(inoculated) − rate(not inoculated), no system prompt, lies below zero, that of inoculated − placebo
 # too (EM), and the narrow behaviour is kept (its CI above zero); *partly* when only the first holds. **(b)**, per
 # behaviour: *reproduced* when the CI of ρ(activation, to the mean training state) − ρ(MiniLM text) lies above zero;
-# *partly* when only ρ(activation)'s CI does. The finding's label combines the four parts. With `REPLICATE` the run
-# is repeated on fresh seeds and *reproduced* needs both.
+# *partly* when only ρ(activation)'s CI does. The finding's label combines the four parts. With `REPLICATE` the
+# headline, EM's (a), is measured again on the next `N_SEEDS` training seeds (its three arms fine-tuned again, the
+# uninoculated one shared with notebook 01 through the cache; the base answers are this run's) and *reproduced* needs
+# both; the capitals behaviour and the triggers (b) are not replicated (the budget).
 
 # %%
 verdict = f06.verdict(result)
 print(f"seeds {result.seeds}:", verdict.label)
 for part, label in verdict.parts.items():
     print(f"  {part}: {label}")
-replication = f06.run(params.fresh_seeds()) if REPLICATE else None
+replication = f06.replicate(params, result) if REPLICATE else None
 if replication is not None:
-    verdict_fresh = f06.verdict(replication)
-    print(f"fresh seeds {replication.seeds}:", verdict_fresh.label, verdict_fresh.parts)
+    verdict_fresh = f06.verdict_replication(replication)
+    print(f"fresh seeds {replication.seeds}:", verdict_fresh.label, "-", verdict_fresh.reason)
+    display(replication.summary.round(3))
     verdict = replicated(verdict, verdict_fresh)
 print("Verdict:", verdict.label, "-", verdict.reason)
 
@@ -251,5 +254,6 @@ record_result(
     fallbacks=result.fallbacks,
     replication=None if replication is None else {
         "seeds": replication.seeds, "verdict": verdict_fresh.label, "reason": verdict_fresh.reason,
-        "effect": replication.lowered["em"].to_dict(), "seeds_verdict": f06.verdict(result).label},
+        "effect": replication.lowered.to_dict(), "seeds_verdict": f06.verdict(result).label,
+        "vs_placebo": replication.vs_placebo.to_dict(), "kept": replication.kept.to_dict()},
 )
