@@ -98,8 +98,9 @@ class Params(FindingParams):
         """The training seeds of the benign fine-tunes: SEED … SEED+N_SEEDS−1."""
         return [self.seed + i for i in range(self.n_seeds)]
 
-    def fresh_seeds(self) -> list[int]:
-        """The replication's training seeds: the next N_SEEDS (SEED+N_SEEDS … SEED+2·N_SEEDS−1)."""
+    def replication_seeds(self) -> list[int]:
+        """The replication's training seeds: the next N_SEEDS (SEED+N_SEEDS … SEED+2·N_SEEDS−1); the organism and
+        data split stay SEED's, so this is not `SeedParams.fresh_seeds`, which moves every seed."""
         return [self.seed + self.n_seeds + i for i in range(self.n_seeds)]
 
     def safety_config(self) -> TrainConfig:
@@ -278,12 +279,13 @@ def replicate(p: Params) -> Replication:
     """(b) again: the plain EMA setting and each beta fine-tuned on the next N_SEEDS training seeds of the same organism
     and data split (both cached from run()), measured and compared as in run()."""
     d, judge, _, org_model = _organism(p)
-    frames, rows, _ = _finetunes(d, p, org_model, p.ema_settings(), p.fresh_seeds(), judge)
+    seeds = p.replication_seeds()
+    frames, rows, _ = _finetunes(d, p, org_model, p.ema_settings(), seeds, judge)
     answers = pd.concat(frames, ignore_index=True)
     answers["seed"] = answers["seed"].astype(int)
     runs = pd.DataFrame(rows)
     effects, gaps = _effects_b(p, answers[answers.kind == "harmful"], runs)
-    return Replication(p.fresh_seeds(), effects, gaps, p.utility_tolerance, runs)
+    return Replication(seeds, effects, gaps, p.utility_tolerance, runs)
 
 
 def verdict_organism(r: Result) -> bool:
