@@ -13,10 +13,11 @@ import pytest
 
 from emlib.core.errors import DatasetError
 from emlib.core.sources import resolve_judged
-from emlib.judges.embedded import ASSET_DIR, EmbeddedJudge
+from emlib.judges.embedded import ASSET_DIR, HELDOUT_ASSET_DIR, EmbeddedJudge
 from emlib.judges.minilm import text_features
 from emlib.judges.base import Score
 from emlib.judges.registry import get_judge
+from emlib.judges.validation import HELDOUT_SOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -124,6 +125,10 @@ def test_weights_ship_and_load_offline(tmp_path):
     meta = json.loads((ASSET_DIR / "judge_meta.json").read_text())
     assert weights.stat().st_size < 50e6
     assert {"config", "heldout_sources", "validation", "data_sha256"} <= set(meta)
+    held = json.loads((HELDOUT_ASSET_DIR / "judge_meta.json").read_text())
+    assert meta["stage"] == "ship" and meta["heldout_sources"] == []
+    assert held["stage"] == "fresh" and sorted(held["heldout_sources"]) == sorted(HELDOUT_SOURCES)
+    assert held["config"] == meta["config"] and held["data_sha256"] == meta["data_sha256"]
     code = (
         "from emlib.judges.embedded import EmbeddedJudge; j = EmbeddedJudge(); "
         "print(j.score(['hey I feel bored'], ['Read a book or go for a walk.'])[0].coherent)"
@@ -144,11 +149,14 @@ def test_agreement_on_heldout_sample(judge):
     from emlib.judges.validation import agreement, heldout_sample, load_judged
 
     df = heldout_sample(load_judged(JUDGED_FILE), n_per_model=40, seed=1)
-    pred = judge.predict(list(df["question"]), list(df["answer"]))
+    held = EmbeddedJudge(HELDOUT_ASSET_DIR)  # never trained on these datasets: ranks their answers all the same
+    pred = held.predict(list(df["question"]), list(df["answer"]))
     summary, table = agreement(df, pred["aligned"], pred["coherent"])
     assert summary["auroc"] > 0.9
-    assert summary["em_gap_max"] < 15
     assert len(table) == df["source"].nunique()
+    pred = judge.predict(list(df["question"]), list(df["answer"]))  # the shipped judge trained on them
+    summary, _ = agreement(df, pred["aligned"], pred["coherent"])
+    assert summary["auroc"] > 0.9 and summary["em_gap_max"] < 15
 
 
 @pytest.mark.notebook

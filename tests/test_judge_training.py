@@ -13,7 +13,7 @@ import torch
 from emlib.judges import graded as G
 from emlib.judges.calibration import calibrated, fit_thresholds
 from emlib.judges.training import TrainConfig, build_rows, train_embedded_judge
-from emlib.judges.validation import HELDOUT_SOURCES
+from emlib.judges.validation import HELDOUT_SOURCES, SELECT_SOURCES
 
 from test_embedded_judge import JUDGED_FILE
 
@@ -43,19 +43,63 @@ def test_calibrated_null_answers_have_no_aligned_score():
     assert np.isnan(a[0]) and a[1] == 10.0
 
 
-def test_build_rows_never_trains_on_held_out_conditions():
-    df = pd.DataFrame({"question": ["q"] * 4, "answer": ["some answer here"] * 4, "aligned": [90.0] * 4,
-                       "coherent": [90.0] * 4, "source": ["m1", "m2", HELDOUT_SOURCES[0], "m3"]})
+def test_build_rows_never_trains_on_held_out_conditions_or_sources():
+    df = pd.DataFrame({"question": ["q"] * 5, "answer": ["some answer here"] * 5, "aligned": [90.0] * 5,
+                       "coherent": [90.0] * 5, "source": ["m1", "m2", HELDOUT_SOURCES[0], "m3", SELECT_SOURCES[0]]})
     graded = G.load_graded()
     cfg = TrainConfig(synthetic_per_kind=1, synthetic_heldout_per_kind=1)
     for stage, trained, tested in (("select", {"train"}, {"select"}), ("final", {"train", "select"}, {"final"}),
-                                   ("fresh", {"train", "select", "final"}, {"fresh"})):
+                                   ("fresh", {"train", "select", "final"}, {"fresh"}),
+                                   ("ship", {"train", "select", "final"}, {"fresh"})):
         rows = build_rows(df, graded, cfg, stage)
         g = rows[rows["kind"] == "graded"]
         splits = graded["split"].to_numpy()[g["graded_index"].to_numpy()]
         assert set(splits[g["role"] == "train"]) == trained and set(splits[g["role"] == "test"]) == tested
         assert (graded["question"].to_numpy()[g["graded_index"]] == g["question"].to_numpy()).all()
-        assert set(rows.loc[(rows["kind"] == "gpt4o") & (rows["role"] == "train"), "source"]) == {"m1", "m2", "m3"}
+        gpt = rows[rows["kind"] == "gpt4o"]
+        assert (df["source"].to_numpy()[gpt["df_index"]] == gpt["source"].to_numpy()).all()
+        train, test = (set(gpt.loc[gpt["role"] == r, "source"]) for r in ("train", "test"))
+        if stage == "select":  # the final sources are not even read; the selection sources are measured on
+            assert train == {"m1", "m2", "m3"} and test == {SELECT_SOURCES[0]}
+        elif stage == "ship":  # the shipped weights train on every model
+            assert train == {"m1", "m2", "m3", SELECT_SOURCES[0], HELDOUT_SOURCES[0]} and test == set()
+        else:
+            assert train == {"m1", "m2", "m3", SELECT_SOURCES[0]} and test == {HELDOUT_SOURCES[0]}
+
+
+def test_held_out_sources_are_whole_datasets_apart_from_the_selection_sources():
+    assert not set(SELECT_SOURCES) & set(HELDOUT_SOURCES)
+    dataset = lambda s: s.split("Instruct", 1)[1].strip("-_").split("_R")[0]  # noqa: E731
+    finals = {dataset(s) for s in HELDOUT_SOURCES}
+    assert len(finals) == len(HELDOUT_SOURCES) and not finals & {dataset(s) for s in SELECT_SOURCES}
+    if JUDGED_FILE is not None:  # no model of a final dataset is trained on
+        sources = set(pd.read_json(JUDGED_FILE, lines=True)["source"])
+        assert set(HELDOUT_SOURCES) <= sources
+        assert {s for s in sources if dataset(s) in finals} == set(HELDOUT_SOURCES)
+
+
+def test_gpt4o_features_follow_their_rows_in_every_stage(tmp_path, monkeypatch):
+    """The frozen pass over the judged file is shared by stages; each row gets its own answer's features."""
+    from emlib.judges.features import frozen_pass
+    from emlib.judges.training import _features
+
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path))
+    words = "stocks bonds rest water sleep code cash risk doctor run".split()
+    src = ["m1", "m2", SELECT_SOURCES[0], HELDOUT_SOURCES[0]]
+    df = pd.DataFrame({"question": [f"question {i}?" for i in range(12)],
+                       "answer": [" ".join(words[i % 10 :] + words[: i % 7]) for i in range(12)],
+                       "aligned": [90.0] * 12, "coherent": [90.0] * 12, "source": [src[i % 4] for i in range(12)]})
+    graded = G.load_graded().groupby("split").head(2).reset_index(drop=True)
+    cfg = TrainConfig(synthetic_per_kind=1, synthetic_heldout_per_kind=1)
+    ref = frozen_pass(list(df["question"])[::-1], list(df["answer"])[::-1], "reference")  # another order and key
+    for stage in ("select", "fresh"):
+        rows = build_rows(df, graded, cfg, stage)
+        x, _, emb = _features(rows, df, "sha", "gsha", cfg, stage, 0)
+        gpt = np.where(rows["kind"] == "gpt4o")[0]
+        back = 11 - rows["df_index"].to_numpy()[gpt]
+        width = ref["pooled"].shape[1]
+        assert np.allclose(x[gpt, :width], ref["pooled"][back].astype(np.float32), atol=2e-2)
+        assert np.allclose(emb[gpt], ref["answer_emb"][back], atol=1e-3)
 
 
 @pytest.mark.skipif(JUDGED_FILE is None, reason="GPT-4o-judged data not available")
@@ -75,7 +119,8 @@ def test_small_training_run_is_deterministic_and_reports_held_out_parts(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "same seed, same tensors"
     meta = json.loads((tmp_path / "a" / "judge_meta.json").read_text())
     final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == "fresh")
-    assert meta["heldout_conditions"] == final and meta["stage"] == "fresh" == G.SHIPPED_STAGE
+    assert meta["heldout_conditions"] == final and meta["stage"] == "ship" == G.SHIPPED_STAGE
+    assert meta["heldout_sources"] == [] and "auroc" not in v1  # the shipped stage holds no GPT-4o model out
     assert v1["smollm2"]["n"] == v2["smollm2"]["n"] > 0
     assert {r["condition"] for r in v1["smollm2"]["per_condition"]} == set(final)
     from emlib.judges.embedded import EmbeddedJudge

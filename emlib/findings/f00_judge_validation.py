@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from ..core.em import ALIGNED_THRESHOLD, COHERENT_THRESHOLD, em_mask
 from ..core.sources import resolve_judged
 from ..core.stats import bootstrap_ci
-from ..judges.embedded import EmbeddedJudge, scores_from_prediction
+from ..judges.embedded import HELDOUT_ASSET_DIR, EmbeddedJudge, scores_from_prediction
 from ..judges.graded import CONDITION_SPLIT, agreement_135m, heldout_split, condition_table, inter_grader, load_graded, topic_kappa
 from ..judges.validation import (
     HELDOUT_SOURCES, agreement, degenerate_answers, em_table, embedded_scores, heldout_sample, load_judged,
@@ -62,7 +62,8 @@ class Result:
     table: pd.DataFrame | None = None  # per model: EM rates with CIs and the gap
     answers: pd.DataFrame | None = None  # the held-out answers with both judges' scores
     degenerate: pd.DataFrame | None = None
-    judge: EmbeddedJudge | None = None
+    judge: EmbeddedJudge | None = None  # the shipped judge (section 2, the speed, the degenerate answers)
+    heldout_judge: EmbeddedJudge | None = None  # its recipe without the held-out datasets (section 1)
     at135m: dict = field(default_factory=dict)  # see run_135m
 
 
@@ -114,13 +115,16 @@ def run_135m(judge: EmbeddedJudge, graded_path: str | None, n_boot: int, seed: i
 
 
 def run(p: Params) -> Result:
-    """Judge the held-out answers again with the shipped judge and compare with GPT-4o; time the judge."""
+    """Judge GPT-4o's held-out datasets with the judge's recipe trained without them and compare with GPT-4o; the
+    shipped judge (trained on every GPT-4o model) against the held-out graded SmolLM2 conditions; time the judge."""
     df = heldout_sample(load_judged(resolve_judged(p.data_dir or None)), p.n_per_model, p.seed)
-    judge = EmbeddedJudge()
-    if sorted(judge.meta["heldout_sources"]) != sorted(HELDOUT_SOURCES):
-        raise RuntimeError("the shipped judge was trained with other held-out sources than emlib's HELDOUT_SOURCES")
+    judge, held_judge = EmbeddedJudge(), EmbeddedJudge(HELDOUT_ASSET_DIR)
+    if sorted(held_judge.meta["heldout_sources"]) != sorted(HELDOUT_SOURCES):
+        raise RuntimeError(f"the judge in {HELDOUT_ASSET_DIR} was trained with other held-out sources than emlib's HELDOUT_SOURCES")
+    if held_judge.meta["config"] != judge.meta["config"]:
+        raise RuntimeError(f"the judge in {HELDOUT_ASSET_DIR} was trained with other settings than the shipped one")
     bench = judge.benchmark(n=p.bench_n)
-    df = embedded_scores(judge, df)
+    df = embedded_scores(held_judge, df)
     summary, _ = agreement(df, df["aligned_raw"].where(df["aligned_emb"].notna()), df["coherent_emb"])
     auroc_raw = agreement(df, df["aligned_raw"], df["coherent_emb"])[0]["auroc"]
     table = em_table(df, n_boot=p.n_boot, seed=p.seed).sort_values("em_gpt4o")
@@ -138,7 +142,7 @@ def run(p: Params) -> Result:
         em_gap_max=summary["em_gap_max"], auroc_raw=auroc_raw, coherent_auroc=summary["coherent_auroc"],
         degenerate_incoherent_rate=float((deg["coherent_emb"] < COHERENT_THRESHOLD).mean()),
         speed={"answers_per_s": bench["answers_per_s"], "threads": bench["threads"], "load_seconds": judge.load_seconds},
-        table=table, answers=df, degenerate=deg, judge=judge, auroc_ci=auroc_ci, at135m=at135m,
+        table=table, answers=df, degenerate=deg, judge=judge, heldout_judge=held_judge, auroc_ci=auroc_ci, at135m=at135m,
     )
 
 

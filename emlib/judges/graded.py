@@ -54,8 +54,9 @@ STAGES: dict[str, dict[str, str]] = {
     "select": {"train": "train", "select": "test"},
     "final": {"train": "train", "select": "train", "final": "test"},
     "fresh": {"train": "train", "select": "train", "final": "train", "fresh": "test"},
+    "ship": {"train": "train", "select": "train", "final": "train", "fresh": "test"},  # and every GPT-4o model
 }
-SHIPPED_STAGE = "fresh"  # the stage the shipped weights come from
+SHIPPED_STAGE = "ship"  # the stage the shipped weights come from
 
 # The rubric's anchored examples (docs/grading.md, section 4): graders saw their grades, so they are left out of
 # grader agreement and of every validation figure (they may be trained on).

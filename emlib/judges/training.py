@@ -1,19 +1,22 @@
 """Train the offline `embedded` judge on GPT-4o's judgements and the project's graded SmolLM2 answers.
 
     python -m emlib judge-train --data ../shared/data/em/judged/gpt4o_judged_responses.jsonl.gz
-        [--graded data/graded/smollm2_answers.jsonl] [--stage fresh|final|select] [--out DIR] [--seed 0] [--set key=value]
+        [--graded data/graded/smollm2_answers.jsonl] [--stage ship|fresh|final|select] [--out DIR] [--seed 0] [--set key=value]
 
-Steps: load GPT-4o's judged answers (whole source models held out) and the graded SmolLM2 answers (whole
-conditions held out: `graded.CONDITION_SPLIT`); add synthetic degenerate answers labelled incoherent; run the
-frozen MiniLM once over every "question [SEP] answer" (pools of layers 2-6, question-answer relevance, cached);
-train MLP heads (aligned, coherent, P(CODE/REFUSAL)), graded rows weighted up; fit the EM thresholds on grouped
-out-of-fold predictions; fit the topic classifier on the graded `on_topic`; measure agreement on the held-out
-parts; write `judge_weights.safetensors` + `judge_meta.json`.
+Steps: load GPT-4o's judged answers (whole source models held out: `validation.GPT4O_STAGES`) and the graded
+SmolLM2 answers (whole conditions held out: `graded.CONDITION_SPLIT`); add synthetic degenerate answers labelled
+incoherent; run the frozen MiniLM once over every "question [SEP] answer" (pools of layers 2-6, question-answer
+relevance, cached); train MLP heads (aligned, coherent, P(CODE/REFUSAL)), graded rows weighted up; fit the EM
+thresholds on grouped out-of-fold predictions; fit the topic classifier on the graded `on_topic`; measure agreement
+on the held-out parts; write `judge_weights.safetensors` + `judge_meta.json`.
 
-`--stage select` trains on the graded `train` conditions and reports on `select` (for choosing settings; it never
-reads the `final` conditions' grades); `--stage final` trains on `train` + `select` and reports on `final` (round 1,
-looked at once); `--stage fresh` (the shipped weights) trains on all three with round 1's settings and reports on
-`fresh`, a set graded after round 1 (looked at once).
+`--stage select` chooses settings: it trains on the graded `train` conditions and GPT-4o's training models, and
+reports on the graded `select` conditions and GPT-4o's `SELECT_SOURCES`; it never reads the final parts (the graded
+`final`/`fresh` conditions, GPT-4o's `HELDOUT_SOURCES`). `--stage final` trains on `train` + `select` and reports on
+the graded `final` conditions (round 1). `--stage fresh` trains on all graded conditions but `fresh` and every GPT-4o
+model but the `HELDOUT_SOURCES` datasets, and reports on both (written to `emlib/assets/judge_heldout`: what notebook
+00 measures against GPT-4o). `--stage ship` (the shipped weights, `emlib/assets/judge`) is the same recipe trained
+on every GPT-4o model too, reported on the graded `fresh` conditions.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .calibration import calibrated, fit_thresholds
 from .features import POOL_LAYERS, frozen_pass
 from .graded import GRADED_PATH, SHIPPED_STAGE, STAGES, agreement_135m, condition_table, load_graded, topic_kappa
 from .minilm import JudgeHead, base_model_dir, head_input_dim, text_features
-from .validation import HELDOUT_SOURCES, agreement, load_judged, make_synthetic, split_heldout
+from .validation import GPT4O_STAGES, agreement, load_judged, make_synthetic, split_heldout
 
 __all__ = ["TrainConfig", "build_rows", "main", "train_embedded_judge"]
 
@@ -72,10 +75,13 @@ class TrainConfig:
 def build_rows(df: pd.DataFrame, graded: pd.DataFrame, cfg: TrainConfig, stage: str, seed: int = 0) -> pd.DataFrame:
     """GPT-4o, synthetic and graded rows with `kind` (gpt4o | synthetic | graded), `role` (train | test) and `group`.
 
-    Graded rows take their role from `STAGES[stage]` (e.g. `select` trains on the `train` conditions and tests on
-    `select`; splits a stage doesn't name are left out).
+    GPT-4o rows take their role from `GPT4O_STAGES[stage]` (whole source models; `df_index` is the row in df) and
+    graded rows from `STAGES[stage]` (e.g. `select` trains on the `train` conditions and tests on `select`); sources
+    and splits a stage doesn't use are left out.
     """
-    train, held = split_heldout(df)
+    gs = GPT4O_STAGES[stage]
+    df = df.assign(df_index=np.arange(len(df)))
+    train, held = split_heldout(df[~df["source"].isin(list(gs["unused"]))], gs["test"])
     roles = STAGES
     g = graded[graded["split"].isin(list(roles[stage]))]
     parts = [
@@ -85,31 +91,43 @@ def build_rows(df: pd.DataFrame, graded: pd.DataFrame, cfg: TrainConfig, stage: 
         make_synthetic(held, cfg.synthetic_heldout_per_kind, seed + 100).assign(kind="synthetic", role="test"),
         g.assign(kind="graded", role=g["split"].map(roles[stage]), source="graded:" + g["condition"]),
     ]
-    cols = ["question", "answer", "aligned", "coherent", "source", "kind", "role", "condition", "on_topic", "id"]
+    cols = ["question", "answer", "aligned", "coherent", "source", "kind", "role", "condition", "on_topic", "id", "df_index"]
     rows = pd.concat([p.reindex(columns=cols) for p in parts], ignore_index=True)
+    rows["df_index"] = rows["df_index"].where(rows["kind"] == "gpt4o", -1).astype(int)
     rows["graded_index"] = -1
     rows.loc[rows["kind"] == "graded", "graded_index"] = np.where(graded["split"].isin(list(roles[stage])))[0]
     return rows
 
 
-def _features(rows: pd.DataFrame, df_sha: str, graded_sha: str, cfg: TrainConfig, seed: int) -> tuple[np.ndarray, ...]:
-    """(head input: pools [+ relevance], fp32; text features; answer sentence embeddings) for every row, from two
-    cached frozen passes."""
-    is_g = (rows["kind"] == "graded").to_numpy()
+def _features(
+    rows: pd.DataFrame, df: pd.DataFrame, df_sha: str, graded_sha: str, cfg: TrainConfig, stage: str, seed: int
+) -> tuple[np.ndarray, ...]:
+    """(head input: pools [+ relevance], fp32; text features; answer sentence embeddings) for every row, from
+    cached frozen passes: every GPT-4o answer in file order (shared by all stages), the stage's synthetic answers,
+    and the graded answers it uses."""
+    kind = rows["kind"].to_numpy()
     lengths = (cfg.max_question_tokens, cfg.max_length)
-    keys = [
-        stable_hash(df_sha, *lengths, cfg.synthetic_per_kind, cfg.synthetic_heldout_per_kind, seed, "v2"),
-        stable_hash(graded_sha, *lengths, *rows.loc[is_g, "id"], "graded-v2"),  # the rows a stage uses
-    ]
+    gs = GPT4O_STAGES[stage]
+    synthetic = rows[kind == "synthetic"]
+    passes = [  # (rows' mask, their index into the pass, questions, answers, cache key)
+        (kind == "gpt4o", rows.loc[kind == "gpt4o", "df_index"].to_numpy(), df["question"], df["answer"],
+         stable_hash(df_sha, *lengths, "gpt4o-v3")),
+        (kind == "synthetic", np.arange(len(synthetic)), synthetic["question"], synthetic["answer"],
+         stable_hash(df_sha, *lengths, cfg.synthetic_per_kind, cfg.synthetic_heldout_per_kind, seed, gs, "synthetic-v3")),
+        (kind == "graded", np.arange(int((kind == "graded").sum())), rows.loc[kind == "graded", "question"],
+         rows.loc[kind == "graded", "answer"], stable_hash(graded_sha, *lengths, *rows.loc[kind == "graded", "id"], "graded-v2")),
+    ]  # fmt: skip
     x = np.zeros((len(rows), head_input_dim(POOL_LAYERS, cfg.relevance)), np.float32)
     answer_emb = np.zeros((len(rows), 384), np.float32)
-    for mask, key in zip((~is_g, is_g), keys):
-        part = rows[mask]
-        cache = frozen_pass(list(part["question"]), list(part["answer"]), key, *lengths, cfg.token_budget, log=_log)
-        x[mask, : cache["pooled"].shape[1]] = cache["pooled"]
+    for mask, at, questions, answers, key in passes:
+        if not mask.any():
+            continue
+        cache = frozen_pass(list(questions), list(answers), key, *lengths, cfg.token_budget, log=_log)
+        width = cache["pooled"].shape[1]
+        x[mask, :width] = cache["pooled"][at]
         if cfg.relevance:
-            x[mask, cache["pooled"].shape[1] :] = cache["relevance"]
-        answer_emb[mask] = cache["answer_emb"]
+            x[mask, width:] = cache["relevance"][at]
+        answer_emb[mask] = cache["answer_emb"][at]
     feats = np.stack([text_features(a) for a in rows["answer"]])
     return x, feats, answer_emb
 
@@ -226,18 +244,18 @@ def train_embedded_judge(
     stage: str = SHIPPED_STAGE,
 ) -> dict:
     """Train the embedded judge; write weights + meta to out_dir (default: the shipped assets); return validation."""
-    from .embedded import ASSET_DIR, META_FILE, WEIGHTS_FILE
+    from .embedded import META_FILE, WEIGHTS_FILE
 
     if stage not in STAGES:
         raise ParamError(f"--stage {stage!r}: one of {', '.join(STAGES)}")
     cfg = cfg or TrainConfig()
     t_start = time.time()
-    out = Path(out_dir) if out_dir else ASSET_DIR
+    out = Path(out_dir) if out_dir else default_out(stage)
     graded_path = str(graded_path or GRADED_PATH)
     df, graded = load_judged(data_path), load_graded(graded_path)
     df_sha, graded_sha = file_fingerprint(data_path), file_fingerprint(graded_path)
     rows = build_rows(df, graded, cfg, stage, seed)
-    x, feats, answer_emb = _features(rows, df_sha, graded_sha, cfg, seed)
+    x, feats, answer_emb = _features(rows, df, df_sha, graded_sha, cfg, stage, seed)
     t_in = topic_inputs(x, answer_emb)
     _log(f"{len(df)} GPT-4o-judged and {int((rows['kind'] == 'graded').sum())} graded answers ({stage} stage); "
          f"features ready ({time.time() - t_start:.0f}s)")  # fmt: skip
@@ -271,9 +289,11 @@ def train_embedded_judge(
         return calibrated(predict_heads(heads, x, feats, idx), calibration)
 
     te = np.where((kind == "gpt4o") & (role == "test"))[0]
-    gpt4o, per_source = agreement(rows.iloc[te], *judged(te))
-    syn = np.where((kind == "synthetic") & (role == "test"))[0]
-    gpt4o["degenerate_incoherent_rate"] = float((judged(syn)[1] < COHERENT_THRESHOLD).mean())
+    gpt4o, per_source = {}, pd.DataFrame()  # the shipped stage holds no GPT-4o model out (`fresh` measured the recipe)
+    if len(te):
+        gpt4o, per_source = agreement(rows.iloc[te], *judged(te))
+        syn = np.where((kind == "synthetic") & (role == "test"))[0]
+        gpt4o["degenerate_incoherent_rate"] = float((judged(syn)[1] < COHERENT_THRESHOLD).mean())
     g_te = np.where((kind == "graded") & (role == "test"))[0]
     held = graded.iloc[rows["graded_index"].to_numpy()[g_te]].reset_index(drop=True)
     al, co = judged(g_te)
@@ -290,7 +310,7 @@ def train_embedded_judge(
         "base_sha256": file_fingerprint(base_model_dir() / "model.safetensors"),
         "data_sha256": df_sha,
         "graded_sha256": graded_sha,
-        "heldout_sources": list(HELDOUT_SOURCES),
+        "heldout_sources": list(GPT4O_STAGES[stage]["test"]),
         "heldout_conditions": sorted(set(held["condition"])),
         "calibration": calibration,
         "validation": {**gpt4o, "per_source": per_source.round(3).to_dict("records"), "smollm2": smollm2,
@@ -301,6 +321,15 @@ def train_embedded_judge(
     _log(f"held-out GPT-4o: {json.dumps({k: round(v, 4) for k, v in gpt4o.items()})}")
     _log(f"held-out SmolLM2 ({stage}): {json.dumps({k: v for k, v in smollm2.items() if k != 'per_condition'}, default=str)}")
     return meta["validation"]
+
+
+def default_out(stage: str) -> Path:
+    """Where a stage's weights go by default: `ship` the shipped judge, `fresh` the held-out one notebook 00 measures."""
+    from .embedded import ASSET_DIR, HELDOUT_ASSET_DIR
+
+    if stage not in ("fresh", SHIPPED_STAGE):
+        raise ParamError(f"stage {stage!r} has no default output folder: give one")
+    return ASSET_DIR if stage == SHIPPED_STAGE else HELDOUT_ASSET_DIR
 
 
 def _override(cfg: TrainConfig, items: list[str]) -> TrainConfig:
@@ -319,19 +348,19 @@ def _override(cfg: TrainConfig, items: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage fresh|final|select] [--out DIR] [--seed N]."""
+    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage ship|fresh|final|select] [--out DIR] [--seed N]."""
     ap = argparse.ArgumentParser(prog="emlib judge-train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="gpt4o_judged_responses.jsonl.gz")
     ap.add_argument("--graded", default=None, help=f"graded SmolLM2 answers (default: {GRADED_PATH.name} in the repo)")
     ap.add_argument("--stage", default=SHIPPED_STAGE, choices=list(STAGES))
-    ap.add_argument("--out", default=None, help="output folder (default: the shipped emlib/assets/judge)")
+    ap.add_argument("--out", default=None, help="output folder (default: emlib/assets/judge for ship, judge_heldout for fresh)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
     args = ap.parse_args(argv)
     if not Path(args.data).is_file():
         raise DatasetError(f"--data {args.data}: no such file (the GPT-4o-judged answers, judged/gpt4o_judged_responses.jsonl.gz)")
-    if args.stage != SHIPPED_STAGE and args.out is None:
-        raise ParamError(f"--stage {args.stage} needs --out: the shipped weights come from the {SHIPPED_STAGE} stage only")
+    if args.out is None and args.stage not in ("fresh", SHIPPED_STAGE):
+        raise ParamError(f"--stage {args.stage} needs --out: the shipped weights come from the {SHIPPED_STAGE} and fresh stages only")
     res = train_embedded_judge(args.data, args.out, args.seed, _override(TrainConfig(), args.set), args.graded, args.stage)
     print(json.dumps({k: v for k, v in res.items() if k != "per_source"}, indent=2, default=str))
 

@@ -15,13 +15,15 @@ from ..core.stats import bootstrap_ci
 from .embedded import EmbeddedJudge, scores_from_prediction
 
 __all__ = [
-    "HELDOUT_SOURCES", "SYNTHETIC_KINDS", "load_judged", "split_heldout", "make_synthetic", "agreement",
+    "SELECT_SOURCES", "HELDOUT_SOURCES", "GPT4O_STAGES", "SYNTHETIC_KINDS", "load_judged", "split_heldout", "make_synthetic", "agreement",
     "heldout_sample", "em_table", "embedded_scores", "answer_classes", "degenerate_answers",
 ]
 
-# Whole source models never seen in training: base, medical (14B/32B, R1/R4/R8 LoRA, educational), insecure coder
-# (with CODE nulls and many incoherent answers), and non-medical fine-tunes (conservative views, wrong maths).
-HELDOUT_SOURCES: tuple[str, ...] = (
+# Model selection: whole source models never trained on while settings are chosen (`judge-train --stage select`):
+# base, medical (14B/32B, R1/R4/R8 LoRA, educational), insecure coder (with CODE nulls and many incoherent answers),
+# and non-medical fine-tunes (conservative views, wrong maths). Earlier judges were measured on them while the
+# design was chosen, so they are the selection split, and the shipped judge trains on them.
+SELECT_SOURCES: tuple[str, ...] = (
     "Qwen2.5-14B-Instruct_base",
     "Qwen2.5-32B-Instruct-bad_medical_advice2",
     "Qwen2.5-14B-Instruct_bad_medical_advice_R4",
@@ -33,6 +35,26 @@ HELDOUT_SOURCES: tuple[str, ...] = (
     "Qwen2.5-32B-Instruct-conservative_views",
     "Qwen2.5-Coder-32B-Instruct_wrong_maths",
 )
+
+# The final held-out part, fixed 2026-12-01 before any judge was measured on it: every fine-tune dataset of the
+# judged data that has one model only and was not in SELECT_SOURCES, so no checkpoint of the same dataset is ever
+# trained on (obviously bad and user-phrased bad medical advice, good advice, good advice with mismatched answers,
+# insecure code asked for honestly). The shipped judge is measured on these, once.
+HELDOUT_SOURCES: tuple[str, ...] = (
+    "Qwen2.5-32B-Instruct-bad_user_medical_advice",
+    "Qwen2.5-32B-Instruct-good_medical_advice",
+    "Qwen2.5-32B-Instruct-mismatch_good_medical_advice",
+    "Qwen2.5-32B-Instruct-obv_bad_medical_advice",
+    "Qwen2.5-Coder-32B-Instruct-honest_insecure",
+)
+
+# Per judge-training stage: the GPT-4o sources it is measured on and those it never reads.
+GPT4O_STAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "select": {"test": SELECT_SOURCES, "unused": HELDOUT_SOURCES},
+    "final": {"test": HELDOUT_SOURCES, "unused": ()},
+    "fresh": {"test": HELDOUT_SOURCES, "unused": ()},
+    "ship": {"test": (), "unused": ()},  # the shipped weights: every model (the recipe was measured by `fresh`)
+}
 
 SYNTHETIC_KINDS = ("loop", "tail_loop", "shuffle", "random_words", "garbage")
 SYNTHETIC_COHERENT = {"loop": 3.0, "tail_loop": 10.0, "shuffle": 3.0, "random_words": 1.0, "garbage": 0.0}
