@@ -140,3 +140,13 @@ def test_length_batches_cover_every_item_once_within_the_budget():
     lens = [len(items[k][0]) for k in flat]
     assert lens == sorted(lens)
     assert all(len(b) == 1 or len(b) * max(len(items[k][0]) for k in b) <= 1024 for b in batches)
+
+
+def test_a_stage_without_default_weights_needs_out_before_any_work(tmp_path):
+    from emlib.core.errors import ParamError
+    from emlib.judges.training import main
+
+    data = tmp_path / "judged.jsonl"
+    data.write_text("not read: the error comes first\n")
+    with pytest.raises(ParamError, match="--stage select needs --out"):
+        main(["--data", str(data), "--stage", "select"])

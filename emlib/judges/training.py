@@ -328,7 +328,7 @@ def default_out(stage: str) -> Path:
     from .embedded import ASSET_DIR, HELDOUT_ASSET_DIR
 
     if stage not in ("fresh", SHIPPED_STAGE):
-        raise ParamError(f"stage {stage!r} has no default output folder: give one")
+        raise ParamError(f"--stage {stage} needs --out: only the {SHIPPED_STAGE} and fresh stages write emlib's weights")
     return ASSET_DIR if stage == SHIPPED_STAGE else HELDOUT_ASSET_DIR
 
 
@@ -359,8 +359,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not Path(args.data).is_file():
         raise DatasetError(f"--data {args.data}: no such file (the GPT-4o-judged answers, judged/gpt4o_judged_responses.jsonl.gz)")
-    if args.out is None and args.stage not in ("fresh", SHIPPED_STAGE):
-        raise ParamError(f"--stage {args.stage} needs --out: the shipped weights come from the {SHIPPED_STAGE} and fresh stages only")
     res = train_embedded_judge(args.data, args.out, args.seed, _override(TrainConfig(), args.set), args.graded, args.stage)
     print(json.dumps({k: v for k, v in res.items() if k != "per_source"}, indent=2, default=str))
 
