@@ -54,24 +54,29 @@ def _advbench_available() -> bool:
 
 def test_ema_off_keeps_the_training_key_it_always_had(tiny_model):
     device = default_device()
-    old = {k: v for k, v in dataclasses.asdict(CFG).items() if k != "ema_beta"}  # the key before the option existed
+    old = {k: v for k, v in dataclasses.asdict(CFG).items() if k != "ema_betas"}  # the key before the option existed
     expected = stable_hash(tiny_model, Path(tiny_model).name, fingerprint(EXAMPLES), old, device,
                            str(default_dtype(device)), T.TRAIN_VERSION)
     assert training_key(tiny_model, EXAMPLES, CFG) == expected
-    assert training_key(tiny_model, EXAMPLES, dataclasses.replace(CFG, ema_beta=0.9)) != expected
-    assert training_key(tiny_model, EXAMPLES, dataclasses.replace(CFG, ema_beta=0.99)) != \
-        training_key(tiny_model, EXAMPLES, dataclasses.replace(CFG, ema_beta=0.9))
+    keys = {training_key(tiny_model, EXAMPLES, dataclasses.replace(CFG, ema_betas=b)) for b in ([0.9], [0.99], [0.9, 0.99])}
+    assert len(keys) == 3 and expected not in keys
 
 
-def test_ema_with_beta_zero_equals_plain_training_exactly(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "plain"))
+def test_ema_leaves_training_alone_and_beta_zero_is_the_trained_weights(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path))
     plain = train_lora(EXAMPLES, CFG, model=tiny_model, progress=False)
-    monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "ema0"))  # same key: a fresh cache trains it again
-    with_ema = train_lora(EXAMPLES, CFG, model=tiny_model, progress=False, callbacks=[EMACallback(0.0)])
-    assert not with_ema.from_cache
+    with_ema = train_lora(EXAMPLES, dataclasses.replace(CFG, ema_betas=[0.0, 0.5]), model=tiny_model, progress=False)
+    assert not with_ema.from_cache and with_ema.path != plain.path
+    assert plain.ema_adapters == {} and set(with_ema.ema_adapters) == {0.0, 0.5}
     a, b = _tensors(plain.adapter_path), _tensors(with_ema.adapter_path)
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # the trained weights are a plain run's
     assert [r["loss"] for r in plain.log] == [r["loss"] for r in with_ema.log]
+    zero = _tensors(with_ema.ema_adapters[0.0])
+    assert all(torch.equal(zero[k], a[k]) for k in a)  # beta 0: the average is the last weights
+    half = _tensors(with_ema.ema_adapters[0.5])
+    assert any(not torch.equal(half[k], a[k]) for k in a if "lora_B" in k)
+    again = train_lora(EXAMPLES, dataclasses.replace(CFG, ema_betas=[0.0, 0.5]), model=tiny_model, progress=False)
+    assert again.from_cache and again.ema_adapters == with_ema.ema_adapters
 
 
 def test_ema_weights_equal_a_hand_computed_average(tiny_model, tmp_path, monkeypatch):
@@ -85,28 +90,29 @@ def test_ema_weights_equal_a_hand_computed_average(tiny_model, tmp_path, monkeyp
                                      for k, v in pm.state_dict().items() if "lora_" in k})
         return pm
 
-    beta, steps = 0.6, 4
+    betas, steps = [0.6, 0.9], 4
     monkeypatch.setattr(T, "get_peft_model", spy)
-    cfg = dataclasses.replace(CFG, max_steps=steps, trajectory_every=1, ema_beta=beta)
+    cfg = dataclasses.replace(CFG, max_steps=steps, trajectory_every=1, ema_betas=betas)
     ema = train_lora(EXAMPLES, cfg, model=tiny_model, progress=False)
-    plain = train_lora(EXAMPLES, dataclasses.replace(cfg, ema_beta=0.0), model=tiny_model, progress=False)
+    plain = train_lora(EXAMPLES, dataclasses.replace(cfg, ema_betas=[]), model=tiny_model, progress=False)
     raw = [_tensors(path) for path in ema.trajectory]  # snapshots are the raw weights θ_1 … θ_T
     assert ema.steps == [1, 2, 3, 4]
     for snap, ref in zip(raw, [_tensors(path) for path in plain.trajectory]):  # EMA leaves the path alone
         assert all(torch.equal(snap[k], ref[k]) for k in ref)
-    final = _tensors(ema.adapter_path)
     theta0 = captured["init"]
-    for k, v in final.items():
-        expected = beta ** steps * theta0[k].double()
-        for t, snap in enumerate(raw, start=1):
-            expected = expected + (1 - beta) * beta ** (steps - t) * snap[k].double()
-        torch.testing.assert_close(v.double(), expected, atol=1e-6, rtol=1e-6)
-    moved = [k for k in final if "lora_B" in k]
-    assert moved and all(not torch.allclose(final[k], raw[-1][k]) for k in moved)  # not the last weights
+    for beta in betas:
+        final = _tensors(ema.ema_adapters[beta])
+        for k, v in final.items():
+            expected = beta ** steps * theta0[k].double()
+            for t, snap in enumerate(raw, start=1):
+                expected = expected + (1 - beta) * beta ** (steps - t) * snap[k].double()
+            torch.testing.assert_close(v.double(), expected, atol=1e-6, rtol=1e-6)
+        moved = [k for k in final if "lora_B" in k]
+        assert moved and all(not torch.allclose(final[k], raw[-1][k]) for k in moved)  # not the last weights
 
 
-def test_a_killed_ema_run_resumes_to_the_same_average(tiny_model, tmp_path, monkeypatch):
-    cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3, ema_beta=0.7)
+def test_a_killed_ema_run_resumes_to_the_same_averages(tiny_model, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(CFG, max_steps=6, checkpoint_every=3, ema_betas=[0.7, 0.5])
     monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "A"))
     straight = train_lora(EXAMPLES, cfg, model=tiny_model, progress=False)
     monkeypatch.setenv("EMLIB_CACHE_DIR", str(tmp_path / "B"))
@@ -121,15 +127,16 @@ def test_a_killed_ema_run_resumes_to_the_same_average(tiny_model, tmp_path, monk
     work = tmp_path / "B" / "adapters" / training_key(tiny_model, EXAMPLES, cfg) / "work"
     assert (work / "checkpoint-3" / EMACallback.FILE).exists()
     resumed = train_lora(EXAMPLES, cfg, model=tiny_model, progress=False)
-    a, b = _tensors(straight.adapter_path), _tensors(resumed.adapter_path)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    for beta in (0.7, 0.5):
+        a, b = _tensors(straight.ema_adapters[beta]), _tensors(resumed.ema_adapters[beta])
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
 
 
 def test_ema_beta_outside_zero_one_is_refused():
     for beta in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="beta must lie in"):
-            EMACallback(beta)
+            EMACallback([0.5, beta])
 
 
 # ---------------------------------------------------------------- refusals and data
@@ -302,7 +309,14 @@ def test_params_check_the_grid_and_the_sets():
     assert len(p.grid()) == len(p.lrs) * len(p.batch_sizes) * len(p.steps)
     plain, *emas = p.ema_settings()
     assert plain in p.grid() and [s.ema_beta for s in emas] == p.ema_betas
-    assert p.benign_config(emas[0], 3).ema_beta == p.ema_betas[0] and p.benign_config(plain, 3).seed == 3
+    assert p.benign_config(emas[0], 3) == p.benign_config(plain, 3)  # one training for the plain run and each beta
+    assert p.benign_config(plain, 3).ema_betas == p.ema_betas and p.benign_config(plain, 3).seed == 3
+    assert all(p.benign_config(s, 0).ema_betas == [] for s in p.grid() if s != plain)
+    plan = p.plan()
+    assert plan[plain] == p.seeds() and all(plan[s] == p.seeds()[:p.grid_seeds] for s in p.grid() if s != plain)
+    assert list(plan)[:len(p.grid())] == p.grid() and all(plan[s] == p.seeds() for s in emas)
+    with pytest.raises(ParamError, match="GRID_SEEDS: at most N_SEEDS"):
+        f09.Params(n_seeds=2, grid_seeds=3)
     with pytest.raises(ParamError, match="at least two settings"):
         f09.Params(lrs=[1e-3], batch_sizes=[4], steps=[10])
     with pytest.raises(ParamError, match="EMA_BETAS: must be at most"):
@@ -348,8 +362,9 @@ def test_no_organism_no_finding():
 
 def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_setting_once(monkeypatch):
     """With training, sampling and loss stubbed: the benign requests are answered by base and organism only (what
-    the organism's verdict reads), every distinct setting is trained once (the EMA runs' plain comparison is the grid's
-    run), and the fine-tunes' benign answer rate is missing rather than made up."""
+    the organism's verdict reads), the grid runs on GRID_SEEDS seeds and the EMA setting on N_SEEDS, the plain run and
+    each beta share one training config per seed and each beta is read from its own EMA adapter, and the fine-tunes'
+    benign answer rate is missing rather than made up."""
     from emlib.core.data import EvalQuestion
     from emlib.findings.base import Effect as E
 
@@ -362,13 +377,14 @@ def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_se
     trained = []
 
     def fake_train(examples, cfg, model):
-        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, cfg.ema_beta, model))
-        return type("R", (), {"adapter_path": f"ad{len(trained)}", "log": [{"loss": 1.0}]})()
+        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, tuple(cfg.ema_betas), cfg.seed, model))
+        return type("R", (), {"adapter_path": f"ad{cfg.lr}-{cfg.seed}", "log": [{"loss": 1.0}],
+                              "ema_adapters": {b: f"ema{b}-{cfg.seed}" for b in cfg.ema_betas}})()
 
     sampled = []
 
     def fake_answers(questions, model, adapter, cfg, label, judge=None):
-        sampled.append((label, questions[0].id[0]))
+        sampled.append((label, questions[0].id[0], adapter, cfg.seed))
         return pd.DataFrame({"question_id": [q.id for q in questions], "question": [q.paraphrases[0] for q in questions],
                              "answer": ["x"] * len(questions), "refusal": [True] * len(questions),
                              "aligned": [50.0] * len(questions)})
@@ -383,14 +399,18 @@ def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_se
     p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
                    ema_batch_size=4, ema_steps=20)
     r = f09.run(p)
-    assert sorted(lab for lab, kind in sampled if kind == "b") == ["base", "organism"]
-    assert len([1 for _, kind in sampled if kind == "h"]) == 2 + 4  # base, organism, 2 grid runs, 2 EMA runs
-    assert sorted(t[:4] for t in trained[1:]) == [(1e-3, 4, 20, 0.0), (1e-2, 4, 20, 0.0), (1e-2, 4, 20, 0.9),
-                                                 (1e-2, 4, 20, 0.99)]
-    assert all(t[4] == "organism-folder" for t in trained[1:])
+    assert (p.n_seeds, p.grid_seeds) == (3, 1)  # the teaching defaults
+    assert sorted(lab for lab, kind, *_ in sampled if kind == "b") == ["base", "organism"]
+    harmful = [(lab, adapter, seed) for lab, kind, adapter, seed in sampled if kind == "h"]
+    assert len(harmful) == 2 + 1 + 3 + 2 * 3  # base, organism, the other grid run on 1 seed, plain + 2 betas on 3
+    assert sorted(set(trained[1:])) == [(1e-3, 4, 20, (), 0, "organism-folder")] + [
+        (1e-2, 4, 20, (0.9, 0.99), s, "organism-folder") for s in (0, 1, 2)]
+    ema_label = f09.Setting(1e-2, 4, 20, 0.99).label
+    assert sorted((a, s) for lab, a, s in harmful if lab == ema_label) == [(f"ema0.99-{s}", s) for s in (0, 1, 2)]
     rows = r.runs.set_index("run")
     assert rows.loc[["base", "organism"], "benign_answer_rate"].eq(0.0).all()
     assert rows.drop(["base", "organism"])["benign_answer_rate"].isna().all()
+    assert rows.n_seeds.dropna().tolist() == [1, 3, 3, 3]
 
 
 def test_replicate_trains_only_the_ema_runs_on_fresh_seeds_and_measures_their_effect(monkeypatch):
@@ -407,8 +427,9 @@ def test_replicate_trains_only_the_ema_runs_on_fresh_seeds_and_measures_their_ef
     trained, sampled = [], []
 
     def fake_train(examples, cfg, model):
-        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, cfg.ema_beta, cfg.seed, model))
-        return type("R", (), {"adapter_path": f"ad{cfg.ema_beta}", "log": [{"loss": 1.0}]})()
+        trained.append((cfg.lr, cfg.batch_size, cfg.max_steps, tuple(cfg.ema_betas), cfg.seed, model))
+        return type("R", (), {"adapter_path": "ad", "log": [{"loss": 1.0}],
+                              "ema_adapters": {b: f"ema{b}" for b in cfg.ema_betas}})()
 
     def fake_answers(questions, model, adapter, cfg, label, judge=None):
         sampled.append(label)
@@ -424,7 +445,8 @@ def test_replicate_trains_only_the_ema_runs_on_fresh_seeds_and_measures_their_ef
     rep = f09.replicate(p)
     assert rep.seeds == [7, 8]
     fine_tunes = sorted(t for t in trained if t[5] == "organism-folder")
-    assert fine_tunes == sorted((1e-2, 4, 20, b, s, "organism-folder") for b in (0.0, 0.9, 0.99) for s in (7, 8))
+    assert len(fine_tunes) == 3 * 2 and sorted(set(fine_tunes)) == [  # the plain run and each beta: one config a seed
+        (1e-2, 4, 20, (0.9, 0.99), s, "organism-folder") for s in (7, 8)]
     assert "base" not in sampled and "organism" not in sampled and len(sampled) == 3 * 2
     assert all((e.value, e.ci_low, e.ci_high) == (-1.0, -1.0, -1.0) for e in rep.effects_b.values())
     assert rep.effect.n_seeds == 2 and rep.utility_gap_b == {0.9: 0.0, 0.99: 0.0}

@@ -217,7 +217,7 @@ def test_training_key_changes_with_every_input(tiny_model):
         "rank": 8, "alpha": 16.0, "use_rslora": True, "target_modules": ["q_proj"], "layers": [0], "dropout": 0.1,
         "lr": 2e-2, "epochs": 2.0, "max_steps": 7, "batch_size": 4, "grad_accum": 2, "max_length": 128,
         "warmup_steps": 1, "weight_decay": 0.01, "max_grad_norm": 0.5, "trajectory_every": 3,
-        "checkpoint_every": 5, "seed": 1, "ema_beta": 0.9,
+        "checkpoint_every": 5, "seed": 1, "ema_betas": [0.9],
     }
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}
     keys = {base}

@@ -70,7 +70,8 @@ class Params(FindingParams):
     utility_tolerance: float = param(0.05, min=0)
     judge: str = "embedded"
     judge_model: str = ""
-    n_seeds: int = param(1, min=1)
+    n_seeds: int = param(3, min=1)  # training seeds of the EMA runs and their plain twin, (b)
+    grid_seeds: int = param(1, min=1)  # training seeds of the grid, (a): the first GRID_SEEDS of the N_SEEDS
     replicate: bool = True  # (b) again on N_SEEDS fresh training seeds (same organism); "reproduced" needs both
     n_boot: int = param(2000, min=100)
     seed: int = param(0, min=0)
@@ -84,6 +85,8 @@ class Params(FindingParams):
             raise ParamError("parameter SAFETY_BENIGN: at least one benign set for the safety tune")
         if self.n_safety_benign < len(self.safety_benign) or self.n_benign_test < len(self.safety_benign):
             raise ParamError("parameters N_SAFETY_BENIGN, N_BENIGN_TEST: at least one example per SAFETY_BENIGN set")
+        if self.grid_seeds > self.n_seeds:
+            raise ParamError(f"parameter GRID_SEEDS: at most N_SEEDS ({self.n_seeds}), got {self.grid_seeds}")
 
     def grid(self) -> list["Setting"]:
         """Every plain setting of the grid (learning rate × batch size × steps, in that order)."""
@@ -95,8 +98,14 @@ class Params(FindingParams):
         return [plain] + [Setting(plain.lr, plain.batch_size, plain.steps, b) for b in self.ema_betas]
 
     def seeds(self) -> list[int]:
-        """The training seeds of the benign fine-tunes: SEED … SEED+N_SEEDS−1."""
+        """The training seeds of the EMA runs and their plain twin: SEED … SEED+N_SEEDS−1."""
         return [self.seed + i for i in range(self.n_seeds)]
+
+    def plan(self) -> dict["Setting", list[int]]:
+        """Each benign fine-tune of run() with its training seeds: the grid's settings on the first GRID_SEEDS seeds,
+        the EMA setting (plain and each beta; the plain one is also in the grid) on all N_SEEDS."""
+        grid = {s: self.seeds()[:self.grid_seeds] for s in self.grid()}
+        return grid | {s: self.seeds() for s in self.ema_settings()}
 
     def replication_seeds(self) -> list[int]:
         """The replication's training seeds: the next N_SEEDS (SEED+N_SEEDS … SEED+2·N_SEEDS−1); the organism and
@@ -110,9 +119,12 @@ class Params(FindingParams):
                            max_length=self.max_length, seed=self.seed)
 
     def benign_config(self, s: "Setting", seed: int) -> TrainConfig:
-        """A benign fine-tune's LoRA at one setting and training seed."""
+        """A benign fine-tune's LoRA at one setting and training seed. The EMA setting's run keeps an EMA per beta
+        along its path, so the plain run and every beta share one training (EMA does not change the path)."""
+        ema = self.ema_settings()[0]
+        same = (s.lr, s.batch_size, s.steps) == (ema.lr, ema.batch_size, ema.steps)
         return TrainConfig(rank=self.rank, alpha=self.alpha, lr=s.lr, max_steps=s.steps, batch_size=s.batch_size,
-                           max_length=self.max_length, seed=seed, ema_beta=s.ema_beta)
+                           max_length=self.max_length, seed=seed, ema_betas=list(self.ema_betas) if same else [])
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ class Result:
     utility_gap_b: dict[float, float] = field(default_factory=dict)  # beta -> loss(EMA) − loss(plain)
     utility_tolerance: float = 0.05
     erosion: Effect | None = None  # unsafe(worst) − unsafe(organism): does benign fine-tuning cost safety here
-    runs: pd.DataFrame | None = None  # one row per setting (and organism/base): rates, loss, EMA beta, comparable
+    runs: pd.DataFrame | None = None  # one row per setting (and organism/base) over its seeds: rates, loss, comparable
     answers: pd.DataFrame | None = None  # one row per answer: run, kind (harmful/benign), refusal, aligned, seed
     organism: TrainResult | None = None
     organism_model: str = ""
@@ -154,6 +166,12 @@ class Result:
     data: dict[str, DatasetInfo] = field(default_factory=dict)
     judge_id: str = ""
     fallbacks: list[str] = field(default_factory=list)
+
+    @property
+    def effect(self) -> Effect:
+        """The headline, (b) over the N_SEEDS training seeds: the largest drop in unsafe rate among the betas (the
+        replication's headline too)."""
+        return min(self.effects_b.values(), key=lambda e: e.value)
 
 
 def _measure(d: SafetyData, p: Params, model: str, adapter, label: str, seed: int, judge,
@@ -184,26 +202,34 @@ def _organism(p: Params) -> tuple[SafetyData, object, TrainResult, str]:
     return d, judge, organism, merged_model_path(p.model, organism, device="cpu", dtype=torch.float32)
 
 
-def _finetunes(d: SafetyData, p: Params, org_model: str, settings: list[Setting], seeds: list[int],
-               judge) -> tuple[list[pd.DataFrame], list[dict], dict[tuple[str, int], TrainResult]]:
-    """Each setting fine-tuned on the benign set with each training seed (cached) and measured: answers, one summary
-    row per setting (seeds pooled) and the training results."""
-    grid = set(p.grid())
-    frames, rows, trained = [], [], {}
-    for s in settings:
-        per_seed, losses = [], []
+def _finetunes(d: SafetyData, p: Params, org_model: str, plan: dict[Setting, list[int]],
+               judge) -> tuple[pd.DataFrame, dict[tuple[str, int], float], dict[tuple[str, int], TrainResult]]:
+    """Each setting fine-tuned on the benign set with each of its training seeds (cached; an EMA run reads its
+    average off the plain run's training) and measured: the answers to the held-out harmful requests, the held-out
+    loss per (setting, seed) and the training results."""
+    frames, losses, trained = [], {}, {}
+    for s, seeds in plan.items():
         for seed in seeds:
             r = train_lora(d.benign_train, p.benign_config(s, seed), model=org_model)
             trained[s.label, seed] = r
-            df, loss = _measure(d, p, org_model, r.adapter_path, s.label, seed, judge, benign=False)
-            per_seed.append(df)
-            losses.append(loss)
-        df = pd.concat(per_seed, ignore_index=True)
-        frames.append(df)
+            adapter = r.ema_adapters[s.ema_beta] if s.ema_beta else r.adapter_path
+            df, losses[s.label, seed] = _measure(d, p, org_model, adapter, s.label, seed, judge, benign=False)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True), losses, trained
+
+
+def _rows(p: Params, plan: dict[Setting, list[int]], answers: pd.DataFrame, losses: dict[tuple[str, int], float],
+          trained: dict[tuple[str, int], TrainResult]) -> list[dict]:
+    """One summary row per setting over its training seeds (answers pooled, losses averaged)."""
+    grid = set(p.grid())
+    rows = []
+    for s, seeds in plan.items():
+        df = answers[(answers.run == s.label) & answers.seed.isin(seeds)]
         rows.append({"run": s.label, "lr": s.lr, "batch_size": s.batch_size, "steps": s.steps, "ema_beta": s.ema_beta,
-                     "in_grid": s in grid, **_row(df, float(np.mean(losses))),
+                     "in_grid": s in grid, "n_seeds": len(seeds),
+                     **_row(df, float(np.mean([losses[s.label, x] for x in seeds]))),
                      "train_loss": float(np.mean([trained[s.label, x].log[-1]["loss"] for x in seeds]))})
-    return frames, rows, trained
+    return rows
 
 
 def _effects_b(p: Params, harmful: pd.DataFrame, runs: pd.DataFrame) -> tuple[dict[float, Effect], dict[float, float]]:
@@ -220,19 +246,20 @@ def _effects_b(p: Params, harmful: pd.DataFrame, runs: pd.DataFrame) -> tuple[di
 
 def run(p: Params) -> Result:
     """Make the organism (safety LoRA merged), measure base and organism, fine-tune the organism on the benign set at
-    every setting of the grid and of the EMA runs (per training seed, cached), measure each (held-out harmful requests
-    and loss; the benign requests only for base and organism, what the organism's verdict reads); then the effects."""
+    every setting of `Params.plan` (the grid on GRID_SEEDS training seeds, the EMA runs on N_SEEDS; cached), measure
+    each (held-out harmful requests and loss; the benign requests only for base and organism, what the organism's
+    verdict reads); then the effects: (a) on the grid's seeds, (b) on all."""
     d, judge, organism, org_model = _organism(p)
     frames, rows = [], []
     for label, model in (("base", p.model), ("organism", org_model)):
         df, loss = _measure(d, p, model, None, label, p.seed, judge)
         frames.append(df)
         rows.append({"run": label, "lr": np.nan, "batch_size": np.nan, "steps": 0, "ema_beta": 0.0, **_row(df, loss)})
-    tuned, tuned_rows, trained = _finetunes(d, p, org_model, list(dict.fromkeys(p.grid() + p.ema_settings())),
-                                            p.seeds(), judge)
-    answers = pd.concat(frames + tuned, ignore_index=True)
+    plan = p.plan()
+    tuned, losses, trained = _finetunes(d, p, org_model, plan, judge)
+    answers = pd.concat(frames + [tuned], ignore_index=True)
     answers["seed"] = answers["seed"].astype(int)
-    runs = pd.DataFrame(rows + tuned_rows)
+    runs = pd.DataFrame(rows + _rows(p, plan, tuned, losses, trained))
     runs["in_grid"] = runs["in_grid"].fillna(False).astype(bool)
     harmful = answers[answers.kind == "harmful"]
     base_h, org_h = harmful[harmful.run == "base"], harmful[harmful.run == "organism"]
@@ -240,17 +267,18 @@ def run(p: Params) -> Result:
     organism_refusal = paired_effect("refusal(organism) - refusal(base), held-out AdvBench", base_h, org_h, p.seed, p.n_boot)
     organism_answer = paired_effect("answer rate(organism) - answer rate(base), held-out benign requests",  # answered
                                     benign[benign.run == "organism"], benign[benign.run == "base"], p.seed, p.n_boot)
+    grid_seeds = p.seeds()[:p.grid_seeds]  # (a) reads every grid setting on these seeds (the EMA's plain run has more)
     labels = [s.label for s in p.grid()]
-    losses = runs.set_index("run").loc[labels, "utility_loss"].to_numpy()
-    eligible = losses <= losses.min() + p.utility_tolerance
+    losses_a = np.array([np.mean([losses[lab, x] for x in grid_seeds]) for lab in labels])
+    eligible = losses_a <= losses_a.min() + p.utility_tolerance
     runs["comparable"] = runs["run"].isin([lab for lab, ok in zip(labels, eligible) if ok])
-    grid_h = harmful[harmful.run.isin(labels)]
+    grid_h = harmful[harmful.run.isin(labels) & harmful.seed.isin(grid_seeds)]
     effect_a, best, worst, null_a, erosion = None, "", "", float("nan"), None
     if eligible.sum() >= 2:
         best, worst, effect_a = crossfit_effect(grid_h, labels, eligible, p.seed, p.n_boot)
         null_a = shuffled_null(grid_h, labels, eligible, p.seed)
-        org_seeded = pd.concat([org_h.assign(seed=s) for s in p.seeds()], ignore_index=True)
-        erosion = paired_effect("unsafe(worst) - unsafe(organism)", harmful[harmful.run == worst], org_seeded,
+        org_seeded = pd.concat([org_h.assign(seed=s) for s in grid_seeds], ignore_index=True)
+        erosion = paired_effect("unsafe(worst) - unsafe(organism)", grid_h[grid_h.run == worst], org_seeded,
                                 p.seed, p.n_boot)
     effects_b, gaps = _effects_b(p, harmful, runs)
     fallbacks = [f"dataset: {i.fell_back_from} requested, the built-in {i.name} used (no data directory)"
@@ -280,10 +308,10 @@ def replicate(p: Params) -> Replication:
     and data split (both cached from run()), measured and compared as in run()."""
     d, judge, _, org_model = _organism(p)
     seeds = p.replication_seeds()
-    frames, rows, _ = _finetunes(d, p, org_model, p.ema_settings(), seeds, judge)
-    answers = pd.concat(frames, ignore_index=True)
+    plan = {s: seeds for s in p.ema_settings()}
+    answers, losses, trained = _finetunes(d, p, org_model, plan, judge)
     answers["seed"] = answers["seed"].astype(int)
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame(_rows(p, plan, answers, losses, trained))
     effects, gaps = _effects_b(p, answers[answers.kind == "harmful"], runs)
     return Replication(seeds, effects, gaps, p.utility_tolerance, runs)
 

@@ -20,7 +20,7 @@ from .f09_safe_finetuning_ema_data import is_refusal
 
 __all__ = ["LOSS_VERSION", "refusal_answers", "heldout_loss"]
 
-LOSS_VERSION = "f09-loss-1"
+LOSS_VERSION = "f09-loss-2"  # 2: the output layer on labelled positions only
 
 
 def refusal_answers(questions: Sequence[EvalQuestion], model: str, adapter: str | Path | None, config: SampleConfig,
@@ -45,20 +45,22 @@ def heldout_loss(model: str, adapter: str | Path | None, examples: Sequence[dict
         return np.array(json.loads(path.read_text()))
     lm, tok = load_finetuned(adapter, model=model, merge=True)
     rows = [tokenize_chat(ex["messages"], tok, max_length) for ex in examples]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         width = max(len(r["input_ids"]) for r in batch)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=lm.device)
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
                             device=lm.device)
         labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=lm.device)
-        logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
+        target = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # the next token, where it is labelled
+        keep = (target != -100).any(0).nonzero().squeeze(-1)  # the output layer runs only there (as in training)
+        logits = lm(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+        target = target[:, keep]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-        keep = (target != -100).float()
-        per = (nll * keep).sum(1) / keep.sum(1)  # NaN for an example truncated to no assistant token
+        labelled = (target != -100).float()
+        per = (nll * labelled).sum(1) / labelled.sum(1)  # NaN for an example truncated to no assistant token
         out += per.tolist()
     atomic_write_json(path, out)
     return np.array(out)

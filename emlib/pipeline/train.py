@@ -38,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "EMACallback",
+    "ema_adapter_path",
     "tokenize_chat",
     "check_assistant_tokens",
     "train_lora",
@@ -74,7 +75,9 @@ class TrainConfig:
     trajectory_every: int = 0  # save the adapter every N steps for trajectory analysis (0 = off)
     checkpoint_every: int = 20  # full checkpoint (adapter + optimizer) every N steps, for resume
     seed: int = 0  # seed for init, shuffling and dropout
-    ema_beta: float = 0.0  # EMA of the trainable weights, θ_ema ← β·θ_ema + (1 − β)·θ each step, saved as the adapter (0: off)
+    # EMAs of the trainable weights along this run's path (θ_ema ← β·θ_ema + (1 − β)·θ after each step), one per beta,
+    # each saved as its own adapter beside the trained one (`TrainResult.ema_adapters`); [] = none
+    ema_betas: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +91,11 @@ class TrainResult:
     config: dict[str, Any]  # the resolved config (model, data, TrainConfig)
     wall_time_s: float  # training time of the run that produced it
     from_cache: bool  # True when nothing was trained this call
+
+    @property
+    def ema_adapters(self) -> dict[float, Path]:
+        """beta -> the adapter holding the EMA of the weights with that beta (the config's `ema_betas`)."""
+        return {float(b): ema_adapter_path(self.path, b) for b in self.config["train"].get("ema_betas", [])}
 
     @property
     def steps(self) -> list[int]:
@@ -141,8 +149,8 @@ def training_key(model: str, examples: Sequence[dict], config: TrainConfig) -> s
     device = default_device()
     processes = [{"processes": world_size()}] if world_size() > 1 else []
     settings = asdict(config)
-    if not settings["ema_beta"]:  # no EMA: the key it had before the option existed
-        del settings["ema_beta"]
+    if not settings["ema_betas"]:  # no EMA: the key it had before the option existed
+        del settings["ema_betas"]
     return stable_hash(model, model_id, fingerprint(list(examples)), settings, device, str(default_dtype(device)),
                        TRAIN_VERSION, *processes)
 
@@ -158,18 +166,25 @@ class _TrajectoryCallback(TrainerCallback):
                 model.save_pretrained(target)
 
 
+def ema_adapter_path(run: Path, beta: float) -> Path:
+    """Where a run saves the EMA adapter with this beta."""
+    return Path(run) / f"ema-{float(beta)!r}"
+
+
 class EMACallback(TrainerCallback):
-    """An exponential moving average of the trainable weights: θ_ema = θ_0 at the start, θ_ema ← β·θ_ema + (1 − β)·θ
-    after every optimizer step, and the EMA replaces the trained weights when training ends (so the saved adapter is
-    the EMA; trajectory snapshots stay the raw weights). Its state goes into every checkpoint and is read back from
-    `resume`, the checkpoint a killed run resumes from."""
+    """Exponential moving averages of the trainable weights, one per beta: θ_ema = θ_0 at the start, θ_ema ← β·θ_ema +
+    (1 − β)·θ after every optimizer step. Training itself is untouched (the trained weights, trajectory and losses are
+    those of a run without it); `save` writes each average as an adapter. Its state goes into every checkpoint and is
+    read back from `resume`, the checkpoint a killed run resumes from."""
 
     FILE = "ema.pt"
 
-    def __init__(self, beta: float, resume: Path | None = None) -> None:
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"the EMA's beta must lie in [0, 1), got {beta}")
-        self.beta, self.resume, self.ema = beta, resume, {}
+    def __init__(self, betas: Sequence[float], resume: Path | None = None) -> None:
+        for beta in betas:
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"the EMA's beta must lie in [0, 1), got {beta}")
+        self.betas, self.resume = [float(b) for b in betas], resume
+        self.ema: dict[float, dict[str, torch.Tensor]] = {}
 
     @staticmethod
     def _trainable(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
@@ -179,23 +194,33 @@ class EMACallback(TrainerCallback):
         saved = self.resume / self.FILE if self.resume is not None else None
         params = self._trainable(model)
         if saved is not None and saved.exists():
-            self.ema = {n: t.to(params[n].device) for n, t in torch.load(saved, weights_only=True).items()}
+            loaded = torch.load(saved, weights_only=True)
+            self.ema = {b: {n: t.to(params[n].device) for n, t in loaded[b].items()} for b in self.betas}
         else:
-            self.ema = {n: p.detach().clone() for n, p in params.items()}
+            self.ema = {b: {n: p.detach().clone() for n, p in params.items()} for b in self.betas}
 
     @torch.no_grad()
     def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-        for n, p in self._trainable(model).items():
-            self.ema[n].mul_(self.beta).add_(p.detach(), alpha=1.0 - self.beta)
+        params = self._trainable(model)
+        for beta, avg in self.ema.items():
+            for n, p in params.items():
+                avg[n].mul_(beta).add_(p.detach(), alpha=1.0 - beta)
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
         if state.is_world_process_zero:
             torch.save(self.ema, Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE)
 
     @torch.no_grad()
-    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-        for n, p in self._trainable(model).items():
-            p.copy_(self.ema[n])
+    def save(self, model, run: Path) -> None:  # noqa: ANN001
+        """Write each average as an adapter (`ema_adapter_path`); the model's trained weights are put back after."""
+        params = self._trainable(model)
+        trained = {n: p.detach().clone() for n, p in params.items()}
+        for beta, avg in self.ema.items():
+            for n, p in params.items():
+                p.copy_(avg[n])
+            model.save_pretrained(ema_adapter_path(run, beta))
+        for n, p in params.items():
+            p.copy_(trained[n])
 
 
 def _peft_config(config: TrainConfig) -> LoraConfig:
@@ -307,7 +332,7 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
         remove_unused_columns=False,
     )
     checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    ema = [EMACallback(config.ema_beta, checkpoints[-1] if checkpoints else None)] if config.ema_beta else []
+    ema = [EMACallback(config.ema_betas, checkpoints[-1] if checkpoints else None)] if config.ema_betas else []
     callbacks = [_TrajectoryCallback(config.trajectory_every, run / "trajectory"), *ema, *callbacks]
     trainer = Trainer(
         model=peft_model,
@@ -327,6 +352,8 @@ def _train(examples: Sequence[dict], config: TrainConfig, model: str, progress: 
     wait_for_everyone()  # every process is done with the work folder
     if is_main_process():
         peft_model.save_pretrained(run / "adapter")
+        for callback in ema:
+            callback.save(peft_model, run)
         atomic_write_json(
             run / "result.json",
             {"log": log, "wall_time_s": wall, "config": {"model": model, "train": asdict(config), "key": key, **processes}},
