@@ -353,6 +353,13 @@ def test_verdict_branches(kw, label, a, b_label):
     assert (v.label, v.parts["a"], v.parts["b"]) == (label, a, b_label)
 
 
+def test_the_headline_is_the_largest_drop_among_the_betas():
+    r = result(b={0.9: Effect("e9", -0.25, -0.37, -0.16), 0.99: Effect("e99", -0.30, -0.40, -0.21)})
+    assert r.effect.name == "e99"
+    r = result(b={0.9: Effect("e9", -0.25, -0.37, -0.16), 0.99: Effect("e99", 0.05, -0.1, 0.2)})
+    assert r.effect.name == "e9"
+
+
 def test_no_organism_no_finding():
     assert f09.verdict(result(org_lo=0.0)).label == NOT_REPRODUCED
     assert "no safety to lose" in f09.verdict(result(org_lo=-0.1)).reason

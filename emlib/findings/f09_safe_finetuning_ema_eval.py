@@ -15,7 +15,7 @@ from ..core.data import EvalQuestion, fingerprint
 from ..core.models import default_device, default_dtype
 from ..judges.base import Judge, judge_frame
 from ..pipeline.sample import SampleConfig, adapter_fingerprint, sample_answers
-from ..pipeline.train import load_finetuned, tokenize_chat
+from ..pipeline.train import LabelledLogitsCollator, load_finetuned, tokenize_chat
 from .f09_safe_finetuning_ema_data import is_refusal
 
 __all__ = ["LOSS_VERSION", "refusal_answers", "heldout_loss"]
@@ -45,19 +45,13 @@ def heldout_loss(model: str, adapter: str | Path | None, examples: Sequence[dict
         return np.array(json.loads(path.read_text()))
     lm, tok = load_finetuned(adapter, model=model, merge=True)
     rows = [tokenize_chat(ex["messages"], tok, max_length) for ex in examples]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    collate = LabelledLogitsCollator(tok, padding=True, label_pad_token_id=-100)  # training's padding and positions
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        width = max(len(r["input_ids"]) for r in batch)
-        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=lm.device)
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
-                            device=lm.device)
-        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=lm.device)
-        target = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # the next token, where it is labelled
-        keep = (target != -100).any(0).nonzero().squeeze(-1)  # the output layer runs only there (as in training)
-        logits = lm(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-        target = target[:, keep]
+        batch = {k: v.to(lm.device) for k, v in collate(rows[start:start + batch_size]).items()}
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    logits_to_keep=batch["logits_to_keep"]).logits.float()  # the output layer where a token is labelled
+        target = batch["shift_labels"]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
         labelled = (target != -100).float()
         per = (nll * labelled).sum(1) / labelled.sum(1)  # NaN for an example truncated to no assistant token

@@ -39,7 +39,8 @@ SELECT_SOURCES: tuple[str, ...] = (
 # The final held-out part, fixed 2026-12-01 before any judge was measured on it: every fine-tune dataset of the
 # judged data that has one model only and was not in SELECT_SOURCES, so no checkpoint of the same dataset is ever
 # trained on (obviously bad and user-phrased bad medical advice, good advice, good advice with mismatched answers,
-# insecure code asked for honestly). The shipped judge is measured on these, once.
+# insecure code asked for honestly). The judge's recipe trained without them (`--stage fresh`, emlib/assets/
+# judge_heldout) is measured on them, once; the shipped judge trains on them too.
 HELDOUT_SOURCES: tuple[str, ...] = (
     "Qwen2.5-32B-Instruct-bad_user_medical_advice",
     "Qwen2.5-32B-Instruct-good_medical_advice",

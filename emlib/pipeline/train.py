@@ -38,7 +38,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "EMACallback",
-    "ema_adapter_path",
     "tokenize_chat",
     "check_assistant_tokens",
     "train_lora",
@@ -95,7 +94,7 @@ class TrainResult:
     @property
     def ema_adapters(self) -> dict[float, Path]:
         """beta -> the adapter holding the EMA of the weights with that beta (the config's `ema_betas`)."""
-        return {float(b): ema_adapter_path(self.path, b) for b in self.config["train"].get("ema_betas", [])}
+        return {float(b): _ema_adapter_path(self.path, b) for b in self.config["train"].get("ema_betas", [])}
 
     @property
     def steps(self) -> list[int]:
@@ -166,7 +165,7 @@ class _TrajectoryCallback(TrainerCallback):
                 model.save_pretrained(target)
 
 
-def ema_adapter_path(run: Path, beta: float) -> Path:
+def _ema_adapter_path(run: Path, beta: float) -> Path:
     """Where a run saves the EMA adapter with this beta."""
     return Path(run) / f"ema-{float(beta)!r}"
 
@@ -212,13 +211,13 @@ class EMACallback(TrainerCallback):
 
     @torch.no_grad()
     def save(self, model, run: Path) -> None:  # noqa: ANN001
-        """Write each average as an adapter (`ema_adapter_path`); the model's trained weights are put back after."""
+        """Write each average as an adapter (`_ema_adapter_path`); the model's trained weights are put back after."""
         params = self._trainable(model)
         trained = {n: p.detach().clone() for n, p in params.items()}
         for beta, avg in self.ema.items():
             for n, p in params.items():
                 p.copy_(avg[n])
-            model.save_pretrained(ema_adapter_path(run, beta))
+            model.save_pretrained(_ema_adapter_path(run, beta))
         for n, p in params.items():
             p.copy_(trained[n])
 
