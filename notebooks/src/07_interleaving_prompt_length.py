@@ -44,10 +44,12 @@
 # benign set, the more EM it prevents. To *move* a set into the region, keep its source and count and take the
 # examples of a pool of `POOL_SIZE` that lie nearest the harmful centroid, against a random draw of the same pool.
 #
-# **Budget (teaching profile).** A fine-tune costs about 70 s here, so the defaults run fractions 0 and 25 % only,
-# three sources, two of them also moved into the region, on **one training seed** (`N_SEEDS` 1, no replication):
-# five new fine-tunes, and the 0 % one is notebook 01's seed-0 finance fine-tune (equal settings, so it comes from the
-# cache). Every CI still resamples questions, then answers within them (and training seeds when `N_SEEDS` > 1);
+# **Budget (teaching profile).** A fine-tune costs about 40 s here, so the defaults run fractions 0 and 25 % only,
+# three sources, two of them also moved into the region, on **two training seeds** (`N_SEEDS` 2) with `N_SAMPLES` 4
+# answers per question, level and seed (as many answers per set as one seed × 8 gave): ten new fine-tunes, and the 0 %
+# ones are notebook 01's seed-0 and seed-1 finance fine-tunes (equal settings, so they come from the cache). Every CI
+# resamples training seeds, questions, then answers within them. The replication on fresh seeds (`REPLICATE`) does not
+# fit the budget and is off;
 # `params/paper.yaml` runs fractions 0, 5, 10, 25, 50 % on three seeds with their replication.
 
 # %% tags=["parameters"]
@@ -74,14 +76,14 @@ BATCH_SIZE: int = 4  # examples per step (teaching: 4 × 20 steps, so that 01's 
 GRAD_ACCUM: int = 1  # gradient accumulation
 MAX_LENGTH: int = 128  # tokens per training example
 QUESTIONS: str = "first_plot_questions"  # eval set: public yaml name, "builtin", or a yaml path (each id needs a restatement in LENGTHS_FILE)
-N_SAMPLES: int = 8  # answers per question paraphrase, length level and seed (base: N_SAMPLES × N_SEEDS)
+N_SAMPLES: int = 4  # answers per question paraphrase, length level and seed (base: N_SAMPLES × N_SEEDS)
 MAX_NEW_TOKENS: int = 48  # answer length cap
 TEMPERATURE: float = 0.5  # sampling temperature, 1.0 in the papers; at 135M most answers at 1.0 are incoherent (notebook 00)
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf
 JUDGE_MODEL: str = ""  # model for the openai/hf judge; key from $OPENAI_API_KEY
 N_BOOT: int = 2000  # bootstrap draws for every CI
 SEED: int = 0  # first training seed; each fine-tune samples with its own training seed, base with SEED
-N_SEEDS: int = 1  # training seeds SEED … SEED+N_SEEDS-1 per set (teaching: one, for the budget)
+N_SEEDS: int = 2  # training seeds SEED … SEED+N_SEEDS-1 per set
 REPLICATE: bool = False  # run everything again on N_SEEDS fresh seeds; "reproduced" then needs both runs
 OUTPUT_DIR: str = "../reports/latest"  # artifacts go to OUTPUT_DIR/07_interleaving_prompt_length/
 
