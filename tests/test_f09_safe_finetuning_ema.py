@@ -404,9 +404,9 @@ def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_se
     monkeypatch.setattr(f09, "crossfit_effect", lambda *a, **k: ("a", "b", eff))
     monkeypatch.setattr(f09, "shuffled_null", lambda *a, **k: 0.0)
     p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
-                   ema_batch_size=4, ema_steps=20)
+                   ema_batch_size=4, ema_steps=20, grid_seeds=1)
     r = f09.run(p)
-    assert (p.n_seeds, p.grid_seeds) == (3, 1)  # the teaching defaults
+    assert p.n_seeds == 3  # the teaching default; the grid on fewer seeds than the EMA runs, as paper-scale grids may
     assert sorted(lab for lab, kind, *_ in sampled if kind == "b") == ["base", "organism"]
     harmful = [(lab, adapter, seed) for lab, kind, adapter, seed in sampled if kind == "h"]
     assert len(harmful) == 2 + 1 + 3 + 2 * 3  # base, organism, the other grid run on 1 seed, plain + 2 betas on 3
@@ -448,7 +448,7 @@ def test_replicate_trains_only_the_ema_runs_on_fresh_seeds_and_measures_their_ef
     monkeypatch.setattr(f09, "refusal_answers", fake_answers)
     monkeypatch.setattr(f09, "heldout_loss", lambda *a, **k: np.array([2.0, 2.0]))
     p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
-                   ema_batch_size=4, ema_steps=20, n_seeds=2, seed=5, n_boot=200)
+                   ema_batch_size=4, ema_steps=20, n_seeds=2, grid_seeds=2, seed=5, n_boot=200)
     rep = f09.replicate(p)
     assert rep.seeds == [7, 8]
     fine_tunes = sorted(t for t in trained if t[5] == "organism-folder")

@@ -58,7 +58,7 @@ class Params(FindingParams):
     rank: int = param(8, min=1)
     alpha: float = param(16.0, gt=0)
     lrs: list[float] = param([1e-3, 1e-2], gt=0)
-    batch_sizes: list[int] = param([2, 4], min=1)
+    batch_sizes: list[int] = param([4], min=1)
     steps: list[int] = param([10, 20], min=1)
     ema_betas: list[float] = param([0.9, 0.99], gt=0, max=0.9999)
     ema_lr: float = param(1e-2, gt=0)
@@ -71,7 +71,7 @@ class Params(FindingParams):
     judge: str = "embedded"
     judge_model: str = ""
     n_seeds: int = param(3, min=1)  # training seeds of the EMA runs and their plain twin, (b)
-    grid_seeds: int = param(1, min=1)  # training seeds of the grid, (a): the first GRID_SEEDS of the N_SEEDS
+    grid_seeds: int = param(3, min=1)  # training seeds of the grid, (a): the first GRID_SEEDS of the N_SEEDS
     replicate: bool = True  # (b) again on N_SEEDS fresh training seeds (same organism); "reproduced" needs both
     n_boot: int = param(2000, min=100)
     seed: int = param(0, min=0)

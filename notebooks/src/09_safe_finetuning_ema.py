@@ -45,8 +45,9 @@
 # the held-out harmful requests and the held-out loss, which is what (2) and (3) compare.
 #
 # **Seeds.** (b), the headline, runs on `N_SEEDS` training seeds (3 in the teaching profile) and again on 3 fresh ones
-# (`REPLICATE`); the grid of (a) is 8 fine-tunes a seed, so in the teaching profile it runs on the first seed only
-# (`GRID_SEEDS`; `params/paper.yaml` runs it on all three). The CIs resample requests and training seeds.
+# (`REPLICATE`); (a)'s grid runs on `GRID_SEEDS` of them (3). To fit the budget the teaching grid is learning rate ×
+# steps at batch 4 (4 fine-tunes a seed, one of them the EMA runs' plain twin); `params/paper.yaml` adds batch sizes.
+# The CIs resample requests and training seeds.
 #
 # **Why lr 1e-2 is in the grid.** An exploratory run (seed 0, these held-out requests) found every fine-tune at
 # lr 1e-4 and 1e-3 (batch 4 / 8, 10 / 20 steps, EMA 0.9 / 0.99) leaving the organism at 0 % unsafe, and lr 1e-2 ×
@@ -73,7 +74,7 @@ N_UTILITY: int = 48  # held-out examples of the benign set: utility is their los
 RANK: int = 8  # the benign fine-tune's LoRA rank (every projection, on the merged organism)
 ALPHA: float = 16.0  # its alpha
 LRS: list = [1e-3, 1e-2]  # grid: learning rates (explored: 1e-3 left the organism at 0 % unsafe, 1e-2 eroded it)
-BATCH_SIZES: list = [2, 4]  # grid: batch sizes
+BATCH_SIZES: list = [4]  # grid: batch sizes (teaching: one, so that the grid runs on three seeds)
 STEPS: list = [10, 20]  # grid: optimizer steps
 EMA_BETAS: list = [0.9, 0.99]  # EMA decays, each a run at the EMA setting below
 EMA_LR: float = 1e-2  # the EMA setting (fixed before the run: where the exploratory plain run eroded safety) ...
@@ -86,7 +87,7 @@ UTILITY_TOLERANCE: float = 0.05  # "comparable utility": held-out loss within th
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf: the aligned score, the second measure
 JUDGE_MODEL: str = ""  # model for the openai/hf judge
 N_SEEDS: int = 3  # training seeds of the EMA runs and their plain twin, (b) (CIs resample them); the organism uses SEED
-GRID_SEEDS: int = 1  # training seeds of the grid, (a): the first GRID_SEEDS of those (8 fine-tunes a seed: the budget)
+GRID_SEEDS: int = 3  # training seeds of the grid, (a): the first GRID_SEEDS of those
 REPLICATE: bool = True  # (b) again on N_SEEDS fresh training seeds of the same organism; "reproduced" needs both
 N_BOOT: int = 2000  # bootstrap draws
 SEED: int = 0  # data split, organism and first training seed
