@@ -71,7 +71,7 @@ class Params(FindingParams):
     judge: str = "embedded"
     judge_model: str = ""
     n_seeds: int = param(3, min=1)  # training seeds of the EMA runs and their plain twin, (b)
-    grid_seeds: int = param(3, min=1)  # training seeds of the grid, (a): the first GRID_SEEDS of the N_SEEDS
+    grid_seeds: int = param(2, min=1)  # training seeds of the grid, (a): the first GRID_SEEDS of the N_SEEDS
     replicate: bool = True  # (b) again on N_SEEDS fresh training seeds (same organism); "reproduced" needs both
     n_boot: int = param(2000, min=100)
     seed: int = param(0, min=0)

@@ -45,9 +45,10 @@
 # the held-out harmful requests and the held-out loss, which is what (2) and (3) compare.
 #
 # **Seeds.** (b), the headline, runs on `N_SEEDS` training seeds (3 in the teaching profile) and again on 3 fresh ones
-# (`REPLICATE`); (a)'s grid runs on `GRID_SEEDS` of them (3). To fit the budget the teaching grid is learning rate ×
-# steps at batch 4 (4 fine-tunes a seed, one of them the EMA runs' plain twin); `params/paper.yaml` adds batch sizes.
-# The CIs resample requests and training seeds.
+# (`REPLICATE`); (a)'s grid runs on the first `GRID_SEEDS` of them (2). To fit the budget the teaching grid is learning
+# rate × steps at batch 4 (4 fine-tunes a seed, one of them the EMA runs' plain twin; on three seeds the notebook took
+# 16.5 min); `params/paper.yaml` adds batch sizes and runs the grid on all three. The CIs resample requests and
+# training seeds.
 #
 # **Why lr 1e-2 is in the grid.** An exploratory run (seed 0, these held-out requests) found every fine-tune at
 # lr 1e-4 and 1e-3 (batch 4 / 8, 10 / 20 steps, EMA 0.9 / 0.99) leaving the organism at 0 % unsafe, and lr 1e-2 ×
@@ -87,7 +88,7 @@ UTILITY_TOLERANCE: float = 0.05  # "comparable utility": held-out loss within th
 JUDGE: str = "embedded"  # embedded (offline) | openai | hf: the aligned score, the second measure
 JUDGE_MODEL: str = ""  # model for the openai/hf judge
 N_SEEDS: int = 3  # training seeds of the EMA runs and their plain twin, (b) (CIs resample them); the organism uses SEED
-GRID_SEEDS: int = 3  # training seeds of the grid, (a): the first GRID_SEEDS of those
+GRID_SEEDS: int = 2  # training seeds of the grid, (a): the first GRID_SEEDS of those (3: over the budget)
 REPLICATE: bool = True  # (b) again on N_SEEDS fresh training seeds of the same organism; "reproduced" needs both
 N_BOOT: int = 2000  # bootstrap draws
 SEED: int = 0  # data split, organism and first training seed
