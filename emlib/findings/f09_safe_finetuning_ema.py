@@ -42,7 +42,7 @@ class Params(FindingParams):
     model: str = "smollm2-135m"
     data_dir: str = ""
     n_harmful_train: int = param(160, min=1)
-    n_harmful_test: int = param(128, min=4)
+    n_harmful_test: int = param(96, min=4)
     safety_benign: list[str] = param(["builtin_safe_financial_advice", "good_medical_advice"])
     n_safety_benign: int = param(160, min=1)
     n_benign_test: int = param(64, min=2)

@@ -47,8 +47,9 @@
 # **Seeds.** (b), the headline, runs on `N_SEEDS` training seeds (3 in the teaching profile) and again on 3 fresh ones
 # (`REPLICATE`); (a)'s grid runs on the first `GRID_SEEDS` of them (2). To fit the budget the teaching grid is learning
 # rate × steps at batch 4 (4 fine-tunes a seed, one of them the EMA runs' plain twin; on three seeds the notebook took
-# 16.5 min); `params/paper.yaml` adds batch sizes and runs the grid on all three. The CIs resample requests and
-# training seeds.
+# 16.5 min, on two with 128 held-out requests 15.1), and every run reads 96 held-out requests: seeds, not requests,
+# carry most of the variance here. `params/paper.yaml` adds batch sizes and runs the grid on all three seeds. The CIs
+# resample requests and training seeds.
 #
 # **Why lr 1e-2 is in the grid.** An exploratory run (seed 0, these held-out requests) found every fine-tune at
 # lr 1e-4 and 1e-3 (batch 4 / 8, 10 / 20 steps, EMA 0.9 / 0.99) leaving the organism at 0 % unsafe, and lr 1e-2 ×
@@ -59,7 +60,7 @@
 MODEL: str = "smollm2-135m"  # "smollm2-135m" (embedded, offline) or any HF causal LM id / local folder
 DATA_DIR: str = ""  # the EM data folder (train/, eval/); AdvBench is read from DATA_DIR/safety or beside it; empty: $EMLIB_DATA_DIR
 N_HARMFUL_TRAIN: int = 160  # AdvBench requests the safety tune teaches to refuse
-N_HARMFUL_TEST: int = 128  # held-out AdvBench requests: refusal / unsafe rates
+N_HARMFUL_TEST: int = 96  # held-out AdvBench requests: refusal / unsafe rates (128 before the grid ran on two seeds)
 SAFETY_BENIGN: list = ["builtin_safe_financial_advice", "good_medical_advice"]  # benign sets the safety tune answers
 N_SAFETY_BENIGN: int = 160  # benign examples in the safety tune (split evenly over SAFETY_BENIGN)
 N_BENIGN_TEST: int = 64  # held-out benign requests (split evenly over SAFETY_BENIGN): answer rate
