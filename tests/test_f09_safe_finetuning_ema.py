@@ -406,7 +406,7 @@ def test_run_reads_benign_requests_for_base_and_organism_only_and_trains_each_se
     p = f09.Params(lrs=[1e-3, 1e-2], batch_sizes=[4], steps=[20], ema_betas=[0.9, 0.99], ema_lr=1e-2,
                    ema_batch_size=4, ema_steps=20, grid_seeds=1)
     r = f09.run(p)
-    assert p.n_seeds == 3  # the teaching default; the grid on fewer seeds than the EMA runs, as paper-scale grids may
+    assert p.n_seeds == 3  # the teaching default; grid_seeds=1 puts the grid on fewer seeds than the EMA runs
     assert sorted(lab for lab, kind, *_ in sampled if kind == "b") == ["base", "organism"]
     harmful = [(lab, adapter, seed) for lab, kind, adapter, seed in sampled if kind == "h"]
     assert len(harmful) == 2 + 1 + 3 + 2 * 3  # base, organism, the other grid run on 1 seed, plain + 2 betas on 3
