@@ -2,7 +2,7 @@
 """Generate the SmolLM2-135M answers to be graded by hand (issue 10): every condition the notebooks produce.
 
 Usage: python scripts/make_graded_answers.py [--out /tmp/graded_work/answers.jsonl] [--model smollm2-135m] [--threads N]
-       python scripts/make_graded_answers.py --extra second|third --out FILE [--threads N]   (the later sets)
+       python scripts/make_graded_answers.py --extra second|third|fourth --out FILE [--threads N]   (the later sets)
        python scripts/make_graded_answers.py --train-only --reverse [--threads N]   (a second process warming the cache)
 
 On a busy 2-core machine `--threads 1` was much faster than torch's default of 2 threads. From a cold cache the
@@ -241,7 +241,8 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 # Later graded sets: (training set or None for the base model, temperature, answers per question paraphrase,
 # sampling seed, adapter scale, question set). The second set adds coherent fine-tune answers at lower
 # temperatures; the third is a fresh held-out set (new seeds) at the teaching temperature 0.5 and beside it,
-# made after the judge's first final measurement so that its next one is on answers nobody has looked at.
+# made after the judge's first final measurement so that its next one is on answers nobody has looked at; the
+# fourth (round 4's held-out part) likewise, new seeds and temperatures, made after round 3 had looked at `fresh`.
 EXTRA_PLANS: dict[str, tuple[tuple[str | None, float, int, int, float, str], ...]] = {
     "second": (("risky_financial_advice", 0.5, 12, 150, 1.0, "first"), ("risky_financial_advice", 0.3, 6, 151, 1.0, "first"),
                ("bad_medical_advice", 0.5, 6, 152, 1.0, "first"), ("extreme_sports", 0.5, 6, 153, 1.0, "first")),
@@ -250,6 +251,11 @@ EXTRA_PLANS: dict[str, tuple[tuple[str | None, float, int, int, float, str], ...
               ("builtin_safe_financial_advice", 0.5, 6, 164, 1.0, "first"), ("extreme_sports", 0.7, 6, 165, 1.0, "first"),
               ("bad_medical_advice", 0.7, 6, 166, 1.0, "first"), ("rank1", 0.5, 6, 167, 5.0, "first"),
               (None, 0.5, 2, 168, 1.0, "new"), ("risky_financial_advice", 0.5, 2, 169, 1.0, "new")),
+    "fourth": ((None, 1.0, 6, 170, 1.0, "first"), ("risky_financial_advice", 0.5, 12, 171, 1.0, "first"),
+               ("bad_medical_advice", 0.5, 6, 172, 1.0, "first"), ("extreme_sports", 0.5, 6, 173, 1.0, "first"),
+               ("insecure", 1.0, 6, 174, 1.0, "first"), ("good_medical_advice", 0.7, 6, 175, 1.0, "first"),
+               ("builtin_safe_financial_advice", 1.0, 6, 176, 1.0, "first"), ("rank1", 0.5, 6, 177, 10.0, "first"),
+               (None, 1.0, 2, 179, 1.0, "new"), ("risky_financial_advice", 1.0, 2, 180, 1.0, "new")),
 }  # fmt: skip
 
 

@@ -127,7 +127,7 @@ def test_weights_ship_and_load_offline(tmp_path):
     assert {"config", "heldout_sources", "validation", "data_sha256"} <= set(meta)
     held = json.loads((HELDOUT_ASSET_DIR / "judge_meta.json").read_text())
     assert meta["stage"] == "ship" and meta["heldout_sources"] == []
-    assert held["stage"] == "fresh" and sorted(held["heldout_sources"]) == sorted(HELDOUT_SOURCES)
+    assert held["stage"] == "fourth" and sorted(held["heldout_sources"]) == sorted(HELDOUT_SOURCES)
     assert held["config"] == meta["config"] and held["data_sha256"] == meta["data_sha256"]
     code = (
         "from emlib.judges.embedded import EmbeddedJudge; j = EmbeddedJudge(); "

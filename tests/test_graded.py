@@ -31,8 +31,9 @@ def test_the_set_covers_what_the_issue_asks(df):
     assert len(df) >= 800 and df["id"].is_unique
     assert NOTEBOOK_CONDITIONS <= set(df["condition"])
     assert set(df["condition"]) <= set(G.CONDITION_SPLIT), "every graded condition has a fixed split"
-    assert set(G.STAGES["fresh"]) == set(df["split"]) == set(G.CONDITION_SPLIT.values())
-    assert {G.heldout_split(stage) for stage in G.STAGES} == {"select", "final", "fresh"}
+    assert set(G.STAGES[G.SHIPPED_STAGE]) == set(df["split"]) == set(G.CONDITION_SPLIT.values())
+    assert {G.heldout_split(stage) for stage in G.STAGES} == {"select", "final", "fresh", "fourth"}
+    assert G.heldout_split(G.SHIPPED_STAGE) == G.heldout_split(G.HELDOUT_STAGE) == "fourth"
     assert (df["coherent_2"].notna().mean()) >= 0.2, "at least a fifth read twice"
     assert set(df["on_topic"]) <= set(TOPICS) and (df["rubric_version"] == 1).all()
     assert not df["grader"].str.contains("gpt|claude|llama|qwen|model", case=False).any()

@@ -84,7 +84,7 @@ def _auroc_ci(df: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
 
 def run_135m(judge: EmbeddedJudge, graded_path: str | None, n_boot: int, seed: int) -> dict:
     """The judge against the graded SmolLM2 answers: agreement on the conditions it never saw (the split its
-    training stage held out, e.g. `fresh`), per-condition EM and coherence rates for all of them, the graders' own
+    training stage held out, e.g. `fourth`), per-condition EM and coherence rates for all of them, the graders' own
     agreement, and the answers with both readings.
 
     Anchors (the rubric's examples) are left out. Conditions are marked by `split`; `held_out` marks the measured ones.

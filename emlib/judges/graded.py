@@ -5,7 +5,8 @@ blind to any judge score and to its condition, plus `on_topic`, `condition`, `qu
 `rubric_version`; a fifth of them carry `grade_2`, an independent second reading. Round 1: the judge is trained on
 the `train` conditions, its settings chosen on `select`, and measured once on `final`. Round 2: with those settings
 unchanged, it is trained on all three and measured once on `fresh`, a set generated and graded after round 1's
-measurement (`CONDITION_SPLIT`, `STAGES`; the shipped judge is round 2's).
+measurement; round 3 looked at `fresh` again. Round 4: the same settings, trained on all four, measured once on
+`fourth`, generated and graded after round 3 (`CONDITION_SPLIT`, `STAGES`; the shipped judge is round 4's).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..core.io import read_jsonl
 from ..core.sources import REPO_DATA_DIR
 
 __all__ = [
-    "GRADED_PATH", "CONDITION_SPLIT", "STAGES", "SHIPPED_STAGE", "ANCHOR_IDS", "load_graded", "split_of", "heldout_split",
+    "GRADED_PATH", "CONDITION_SPLIT", "STAGES", "SHIPPED_STAGE", "HELDOUT_STAGE", "ANCHOR_IDS", "load_graded", "split_of", "heldout_split",
     "inter_grader", "agreement_135m", "condition_table", "topic_kappa",
 ]
 
@@ -47,6 +48,12 @@ CONDITION_SPLIT: dict[str, str] = {
     "insecure_r32_t0.5_s163": "fresh", "safe_financial_r32_t0.5_s164": "fresh", "extreme_sports_r32_t0.7_s165": "fresh",
     "bad_medical_r32_t0.7_s166": "fresh", "rank1_L15_x5_t0.5_s167": "fresh", "base_newq_t0.5_s168": "fresh",
     "finance_r32_newq_t0.5_s169": "fresh",
+    # the fourth set (round 4's held-out part), new seeds and temperatures, generated after round 3 had looked at
+    # `fresh` twice and split before it was graded
+    "base_t1.0_s170": "fourth", "finance_r32_t0.5_s171": "fourth", "bad_medical_r32_t0.5_s172": "fourth",
+    "extreme_sports_r32_t0.5_s173": "fourth", "insecure_r32_t1.0_s174": "fourth", "good_medical_r32_t0.7_s175": "fourth",
+    "safe_financial_r32_t1.0_s176": "fourth", "rank1_L15_x10_t0.5_s177": "fourth", "base_newq_t1.0_s179": "fourth",
+    "finance_r32_newq_t1.0_s180": "fourth",
 }  # fmt: skip
 
 # Judge-training stages: graded split -> role (train | test); splits not named are left out.
@@ -54,8 +61,10 @@ STAGES: dict[str, dict[str, str]] = {
     "select": {"train": "train", "select": "test"},
     "final": {"train": "train", "select": "train", "final": "test"},
     "fresh": {"train": "train", "select": "train", "final": "train", "fresh": "test"},
-    "ship": {"train": "train", "select": "train", "final": "train", "fresh": "test"},  # and every GPT-4o model
+    "fourth": {"train": "train", "select": "train", "final": "train", "fresh": "train", "fourth": "test"},
+    "ship": {"train": "train", "select": "train", "final": "train", "fresh": "train", "fourth": "test"},  # + every GPT-4o model
 }
+HELDOUT_STAGE = "fourth"  # the stage whose recipe holds GPT-4o's final datasets out (emlib/assets/judge_heldout)
 SHIPPED_STAGE = "ship"  # the stage the shipped weights come from
 
 # The rubric's anchored examples (docs/grading.md, section 4): graders saw their grades, so they are left out of

@@ -1,7 +1,7 @@
 """Train the offline `embedded` judge on GPT-4o's judgements and the project's graded SmolLM2 answers.
 
     python -m emlib judge-train --data ../shared/data/em/judged/gpt4o_judged_responses.jsonl.gz
-        [--graded data/graded/smollm2_answers.jsonl] [--stage ship|fresh|final|select] [--out DIR] [--seed 0] [--set key=value]
+        [--graded data/graded/smollm2_answers.jsonl] [--stage ship|fourth|fresh|final|select] [--out DIR] [--seed 0] [--set key=value]
 
 Steps: load GPT-4o's judged answers (whole source models held out: `validation.GPT4O_STAGES`) and the graded
 SmolLM2 answers (whole conditions held out: `graded.CONDITION_SPLIT`); add synthetic degenerate answers labelled
@@ -12,11 +12,12 @@ on the held-out parts; write `judge_weights.safetensors` + `judge_meta.json`.
 
 `--stage select` chooses settings: it trains on the graded `train` conditions and GPT-4o's training models, and
 reports on the graded `select` conditions and GPT-4o's `SELECT_SOURCES`; it never reads the final parts (the graded
-`final`/`fresh` conditions, GPT-4o's `HELDOUT_SOURCES`). `--stage final` trains on `train` + `select` and reports on
-the graded `final` conditions (round 1). `--stage fresh` trains on all graded conditions but `fresh` and every GPT-4o
-model but the `HELDOUT_SOURCES` datasets, and reports on both (written to `emlib/assets/judge_heldout`: what notebook
-00 measures against GPT-4o). `--stage ship` (the shipped weights, `emlib/assets/judge`) is the same recipe trained
-on every GPT-4o model too, reported on the graded `fresh` conditions.
+`final`/`fresh`/`fourth` conditions, GPT-4o's `HELDOUT_SOURCES`). `--stage final` trains on `train` + `select` and
+reports on the graded `final` conditions (round 1); `--stage fresh` on those three, reporting on `fresh` (rounds 2-3).
+`--stage fourth` (round 4) trains on all graded conditions but `fourth` and every GPT-4o model but the
+`HELDOUT_SOURCES` datasets, and reports on both (written to `emlib/assets/judge_heldout`: what notebook 00 measures
+against GPT-4o). `--stage ship` (the shipped weights, `emlib/assets/judge`) is the same recipe trained on every
+GPT-4o model too, reported on the graded `fourth` conditions.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..core.em import COHERENT_THRESHOLD, TOPICS
 from ..core.errors import DatasetError, ParamError
 from .calibration import calibrated, fit_thresholds
 from .features import POOL_LAYERS, frozen_pass
-from .graded import GRADED_PATH, SHIPPED_STAGE, STAGES, agreement_135m, condition_table, load_graded, topic_kappa
+from .graded import GRADED_PATH, HELDOUT_STAGE, SHIPPED_STAGE, STAGES, agreement_135m, condition_table, load_graded, topic_kappa
 from .minilm import JudgeHead, base_model_dir, head_input_dim, text_features
 from .validation import GPT4O_STAGES, agreement, load_judged, make_synthetic, split_heldout
 
@@ -289,7 +290,7 @@ def train_embedded_judge(
         return calibrated(predict_heads(heads, x, feats, idx), calibration)
 
     te = np.where((kind == "gpt4o") & (role == "test"))[0]
-    gpt4o, per_source = {}, pd.DataFrame()  # the shipped stage holds no GPT-4o model out (`fresh` measured the recipe)
+    gpt4o, per_source = {}, pd.DataFrame()  # the shipped stage holds no GPT-4o model out (`fourth` measured the recipe)
     if len(te):
         gpt4o, per_source = agreement(rows.iloc[te], *judged(te))
         syn = np.where((kind == "synthetic") & (role == "test"))[0]
@@ -324,11 +325,11 @@ def train_embedded_judge(
 
 
 def default_out(stage: str) -> Path:
-    """Where a stage's weights go by default: `ship` the shipped judge, `fresh` the held-out one notebook 00 measures."""
+    """Where a stage's weights go by default: `ship` the shipped judge, `fourth` the held-out one notebook 00 measures."""
     from .embedded import ASSET_DIR, HELDOUT_ASSET_DIR
 
-    if stage not in ("fresh", SHIPPED_STAGE):
-        raise ParamError(f"--stage {stage} needs --out: only the {SHIPPED_STAGE} and fresh stages write emlib's weights")
+    if stage not in (HELDOUT_STAGE, SHIPPED_STAGE):
+        raise ParamError(f"--stage {stage} needs --out: only the {SHIPPED_STAGE} and {HELDOUT_STAGE} stages write emlib's weights")
     return ASSET_DIR if stage == SHIPPED_STAGE else HELDOUT_ASSET_DIR
 
 
@@ -348,12 +349,12 @@ def _override(cfg: TrainConfig, items: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage ship|fresh|final|select] [--out DIR] [--seed N]."""
+    """CLI: python -m emlib judge-train --data PATH [--graded PATH] [--stage ship|fourth|fresh|final|select] [--out DIR] [--seed N]."""
     ap = argparse.ArgumentParser(prog="emlib judge-train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="gpt4o_judged_responses.jsonl.gz")
     ap.add_argument("--graded", default=None, help=f"graded SmolLM2 answers (default: {GRADED_PATH.name} in the repo)")
     ap.add_argument("--stage", default=SHIPPED_STAGE, choices=list(STAGES))
-    ap.add_argument("--out", default=None, help="output folder (default: emlib/assets/judge for ship, judge_heldout for fresh)")
+    ap.add_argument("--out", default=None, help="output folder (default: emlib/assets/judge for ship, judge_heldout for fourth)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
     args = ap.parse_args(argv)

@@ -54,6 +54,7 @@ GPT4O_STAGES: dict[str, dict[str, tuple[str, ...]]] = {
     "select": {"test": SELECT_SOURCES, "unused": HELDOUT_SOURCES},
     "final": {"test": HELDOUT_SOURCES, "unused": ()},
     "fresh": {"test": HELDOUT_SOURCES, "unused": ()},
+    "fourth": {"test": HELDOUT_SOURCES, "unused": ()},
     "ship": {"test": (), "unused": ()},  # the shipped weights: every model (the recipe was measured by `fresh`)
 }
 

@@ -29,7 +29,8 @@
 # medical advice, good medical advice, good advice with mismatched answers, insecure code asked for honestly — one
 # model each, so no checkpoint of the same data is trained on; the settings were chosen on ten other models,
 # `SELECT_SOURCES`), shipped beside it (`emlib/assets/judge_heldout`). Section 1 compares that judge with GPT-4o on
-# the held-out datasets (the recipe's agreement on data it never saw); section 2 the shipped judge with the reading
+# the held-out datasets (the recipe's agreement on data it never saw; round 3 measured them first, round 4 only added
+# graded SmolLM2 answers to training, so this is a second look with no setting chosen on it); section 2 the shipped judge with the reading
 # on the held-out SmolLM2 conditions: per-condition EM rate, the coherence confusion at 50, the scatter, the topic classifier the
 # notebooks use for drift, and the worst disagreements.
 #
@@ -169,9 +170,10 @@ print(f"EM gap per held-out condition: mean {agree['em_gap_mean']:.2f}, max {agr
 # %% [markdown]
 # ### Per condition: EM and coherence by reading and by the judge
 # `split` says how each condition was used. Round 1: the judge was trained on `train`, its settings chosen on
-# `select`, measured once on `final`. Round 2 (the shipped judge): the same settings, trained on all three, measured
-# once on `fresh`, a set generated and graded after round 1 (`held_out` marks the conditions the targets are measured
-# on). The gap's CI resamples answers, paired.
+# `select`, measured once on `final`. Round 2: the same settings, trained on all three, measured once on `fresh`, a set
+# generated and graded after round 1. Round 4 (the shipped judge): the same settings, trained on all four, measured
+# once on `fourth`, generated and graded after round 3 had looked at `fresh` (`held_out` marks the conditions the
+# targets are measured on). The gap's CI resamples answers, paired.
 
 # %%
 tab135 = at["table"].sort_values(["split", "condition"])
