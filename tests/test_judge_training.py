@@ -50,7 +50,8 @@ def test_build_rows_never_trains_on_held_out_conditions_or_sources():
     cfg = TrainConfig(synthetic_per_kind=1, synthetic_heldout_per_kind=1)
     for stage, trained, tested in (("select", {"train"}, {"select"}), ("final", {"train", "select"}, {"final"}),
                                    ("fresh", {"train", "select", "final"}, {"fresh"}),
-                                   ("ship", {"train", "select", "final"}, {"fresh"})):
+                                   ("fourth", {"train", "select", "final", "fresh"}, {"fourth"}),
+                                   ("ship", {"train", "select", "final", "fresh"}, {"fourth"})):
         rows = build_rows(df, graded, cfg, stage)
         g = rows[rows["kind"] == "graded"]
         splits = graded["split"].to_numpy()[g["graded_index"].to_numpy()]
@@ -92,7 +93,7 @@ def test_gpt4o_features_follow_their_rows_in_every_stage(tmp_path, monkeypatch):
     graded = G.load_graded().groupby("split").head(2).reset_index(drop=True)
     cfg = TrainConfig(synthetic_per_kind=1, synthetic_heldout_per_kind=1)
     ref = frozen_pass(list(df["question"])[::-1], list(df["answer"])[::-1], "reference")  # another order and key
-    for stage in ("select", "fresh"):
+    for stage in ("select", G.HELDOUT_STAGE):
         rows = build_rows(df, graded, cfg, stage)
         x, _, emb = _features(rows, df, "sha", "gsha", cfg, stage, 0)
         gpt = np.where(rows["kind"] == "gpt4o")[0]
@@ -118,7 +119,7 @@ def test_small_training_run_is_deterministic_and_reports_held_out_parts(tmp_path
     a, b = (load_file(str(tmp_path / d / "judge_weights.safetensors")) for d in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "same seed, same tensors"
     meta = json.loads((tmp_path / "a" / "judge_meta.json").read_text())
-    final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == "fresh")
+    final = sorted(c for c, s in G.CONDITION_SPLIT.items() if s == G.heldout_split(G.SHIPPED_STAGE))
     assert meta["heldout_conditions"] == final and meta["stage"] == "ship" == G.SHIPPED_STAGE
     assert meta["heldout_sources"] == [] and "auroc" not in v1  # the shipped stage holds no GPT-4o model out
     assert v1["smollm2"]["n"] == v2["smollm2"]["n"] > 0
