@@ -62,8 +62,8 @@ STAGES: dict[str, dict[str, str]] = {
     "final": {"train": "train", "select": "train", "final": "test"},
     "fresh": {"train": "train", "select": "train", "final": "train", "fresh": "test"},
     "fourth": {"train": "train", "select": "train", "final": "train", "fresh": "train", "fourth": "test"},
-    "ship": {"train": "train", "select": "train", "final": "train", "fresh": "train", "fourth": "test"},  # + every GPT-4o model
 }
+STAGES["ship"] = STAGES["fourth"]  # the same graded roles, trained on every GPT-4o model too
 HELDOUT_STAGE = "fourth"  # the stage whose recipe holds GPT-4o's final datasets out (emlib/assets/judge_heldout)
 SHIPPED_STAGE = "ship"  # the stage the shipped weights come from
 
